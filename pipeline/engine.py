@@ -1,0 +1,329 @@
+"""Run a LLaVA-NeXT / LLaVA model with token dropping, in two halves the pipeline can split.
+
+* :meth:`HiredVLM.encode`: images -> :class:`EncodedImage` (kept pre-projector features and the
+  indices and budgets behind them), plain numpy so it can cross between Ray actor pools.
+* :meth:`HiredVLM.generate`: encoded images + prompts -> text, one left-padded batched prefill.
+
+:meth:`HiredVLM.run` does both in one process. The model is any Hugging Face
+``LlavaNextForConditionalGeneration`` or ``LlavaForConditionalGeneration`` with its processor.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from hired_ops import DropConfig, KeptTokens, VisionGeometry, encode_and_drop
+
+from .loading import load_model
+
+_TRANSFER_DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    """Decoding settings, named as in OpenAI's and transformers' APIs."""
+
+    max_new_tokens: int = 32
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not 0.0 <= self.temperature <= 2.0:
+            raise ValueError(f"temperature must be in [0, 2], got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        object.__setattr__(self, "stop", tuple(self.stop))
+
+
+@dataclass
+class EncodedImage:
+    """One image's kept tokens as plain data: what travels from the vision to the LLM pool.
+
+    Attributes:
+        features: ``(K, D)`` pre-projector features (float16 by default).
+        partition, patch: ``(K,)`` int16, where each token came from (partition 0 = full image).
+        newline_after: ``(K,)`` bool, a row-newline token follows.
+        budgets, available: ``(P,)`` int32, tokens allotted and candidate patches per partition.
+        image_size: original ``(height, width)``; grid: sub-image ``(rows, cols)``.
+    """
+
+    features: np.ndarray
+    partition: np.ndarray
+    patch: np.ndarray
+    newline_after: np.ndarray
+    budgets: np.ndarray
+    available: np.ndarray
+    image_size: tuple[int, int]
+    grid: tuple[int, int]
+
+    @classmethod
+    def from_kept(cls, kept: KeptTokens, dtype: str = "float16") -> EncodedImage:
+        return cls(
+            features=kept.features.detach().float().cpu().numpy().astype(_TRANSFER_DTYPES[dtype]),
+            partition=kept.partition.numpy().astype(np.int16),
+            patch=kept.patch.numpy().astype(np.int16),
+            newline_after=kept.newline_after.numpy().astype(bool),
+            budgets=kept.budgets.numpy().astype(np.int32),
+            available=kept.available.numpy().astype(np.int32),
+            image_size=tuple(int(v) for v in kept.layout.image_size),
+            grid=tuple(int(v) for v in kept.layout.grid),
+        )
+
+    @property
+    def num_tokens(self) -> int:
+        """Visual tokens kept (newlines not counted)."""
+        return int(self.features.shape[0])
+
+    @property
+    def sequence_length(self) -> int:
+        """Positions the image takes in the LLM input, newlines included."""
+        return self.num_tokens + int(self.newline_after.sum())
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.features, self.partition, self.patch, self.newline_after))
+
+    def to_row(self, prefix: str = "enc_") -> dict[str, Any]:
+        """Flat columns for a Ray Data / Arrow row."""
+        return {
+            f"{prefix}features": self.features,
+            f"{prefix}partition": self.partition,
+            f"{prefix}patch": self.patch,
+            f"{prefix}newline_after": self.newline_after,
+            f"{prefix}budgets": self.budgets,
+            f"{prefix}available": self.available,
+            f"{prefix}image_size": np.asarray(self.image_size, dtype=np.int32),
+            f"{prefix}grid": np.asarray(self.grid, dtype=np.int32),
+        }
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any], prefix: str = "enc_") -> EncodedImage:
+        features = np.asarray(row[f"{prefix}features"])
+        return cls(
+            features=features.reshape(-1, features.shape[-1]) if features.size else features.reshape(0, 0),
+            partition=np.asarray(row[f"{prefix}partition"], dtype=np.int16),
+            patch=np.asarray(row[f"{prefix}patch"], dtype=np.int16),
+            newline_after=np.asarray(row[f"{prefix}newline_after"], dtype=bool),
+            budgets=np.asarray(row[f"{prefix}budgets"], dtype=np.int32),
+            available=np.asarray(row[f"{prefix}available"], dtype=np.int32),
+            image_size=tuple(int(v) for v in row[f"{prefix}image_size"]),
+            grid=tuple(int(v) for v in row[f"{prefix}grid"]),
+        )
+
+
+@dataclass
+class Generation:
+    """One answer with the numbers a job reports."""
+
+    text: str
+    generated_tokens: int
+    prompt_tokens: int
+    ttft_s: float
+    generate_s: float
+
+
+@dataclass
+class Result:
+    """What :meth:`HiredVLM.run` returns per image."""
+
+    text: str
+    encoded: EncodedImage
+    generation: Generation
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class _FirstTokenClock:
+    """Logits processor that notes when the prefill's logits arrive (time to first token)."""
+
+    def __init__(self) -> None:
+        self.first: float | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.first is None:
+            self.first = time.perf_counter()
+        return scores
+
+
+class HiredVLM:
+    """A VLM with token dropping. Thread-compatible, not thread-safe (one batch at a time).
+
+    Args:
+        model: a Hugging Face LLaVA-NeXT or LLaVA model, in eval mode, on its device.
+        processor: its processor (image processor + tokenizer, chat template optional).
+        drop: the dropping method and budget.
+        transfer_dtype: dtype of features handed between the halves ("float16" halves the bytes
+            between actor pools; "float32" keeps them bit-exact).
+    """
+
+    def __init__(self, model, processor, drop: DropConfig | None = None, transfer_dtype: str = "float16") -> None:
+        if transfer_dtype not in _TRANSFER_DTYPES:
+            raise ValueError(f"transfer_dtype must be one of {tuple(_TRANSFER_DTYPES)}, got {transfer_dtype!r}")
+        self.model = model
+        self.processor = processor
+        self.drop = drop or DropConfig()
+        self.transfer_dtype = transfer_dtype
+        self.geometry = VisionGeometry.from_model(model)
+        self.tokenizer = processor.tokenizer
+        self.tokenizer.padding_side = "left"
+        self.image_token_id = int(model.config.image_token_id)
+        inner = getattr(model, "model", model)
+        self.projector = inner.multi_modal_projector
+        self.image_newline = getattr(inner, "image_newline", None)
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name: str,
+        drop: DropConfig | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        transfer_dtype: str = "float16",
+    ) -> HiredVLM:
+        model, processor = load_model(name, device=device, dtype=dtype)
+        return cls(model, processor, drop, transfer_dtype)
+
+    # -- vision half ---------------------------------------------------------------------------
+
+    def preprocess(self, images: list[Image.Image]) -> dict[str, Any]:
+        """The stock image processor's tensors for a batch of RGB images (CPU work)."""
+        out = self.processor.image_processor(images=images, return_tensors="pt")
+        return {"pixel_values": out["pixel_values"], "image_sizes": out.get("image_sizes")}
+
+    def encode(self, images: list[Image.Image] | dict[str, Any], drop: DropConfig | None = None) -> list[EncodedImage]:
+        """Vision tower + dropping: one :class:`EncodedImage` per image."""
+        pixels = images if isinstance(images, dict) else self.preprocess(images)
+        kept = encode_and_drop(
+            self.model, pixels["pixel_values"], pixels["image_sizes"], drop or self.drop, self.geometry
+        )
+        return [EncodedImage.from_kept(k, self.transfer_dtype) for k in kept]
+
+    # -- language half -------------------------------------------------------------------------
+
+    def format_prompt(self, prompt: str) -> str:
+        """The user's instruction wrapped in the model's chat template, with one image slot."""
+        if getattr(self.processor, "chat_template", None):
+            conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+            return self.processor.apply_chat_template(conversation, add_generation_prompt=True)
+        return f"<image>\n{prompt}"
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """Token ids of a formatted prompt; its single image token is expanded later."""
+        ids = self.tokenizer(self.format_prompt(prompt), add_special_tokens=True)["input_ids"]
+        if ids.count(self.image_token_id) != 1:
+            raise ValueError(f"the prompt must hold exactly one image slot, found {ids.count(self.image_token_id)}")
+        return ids
+
+    def visual_embeddings(self, encoded: EncodedImage) -> torch.Tensor:
+        """``(L, D_text)``: projected kept tokens with newline embeddings where flagged."""
+        features = torch.from_numpy(encoded.features).to(self.device, self.dtype)
+        projected = self.projector(features)
+        newline = torch.from_numpy(encoded.newline_after).to(self.device)
+        if self.image_newline is None or not bool(newline.any()):
+            return projected
+        shift = torch.cumsum(newline.long(), 0) - newline.long()  # newlines before each token
+        slots = torch.arange(len(projected), device=self.device) + shift
+        out = projected.new_empty(len(projected) + int(newline.sum()), projected.shape[-1])
+        out[slots] = projected
+        out[slots[newline] + 1] = self.image_newline.to(projected.dtype)
+        return out
+
+    def build_inputs(self, encoded: list[EncodedImage], prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded ``inputs_embeds`` ``(B, T, D)`` and ``attention_mask`` ``(B, T)``."""
+        embed = self.model.get_input_embeddings()
+        rows = []
+        for enc, prompt in zip(encoded, prompts):
+            ids = self.prompt_ids(prompt)
+            slot = ids.index(self.image_token_id)
+            text = embed(torch.tensor(ids, device=self.device))
+            rows.append(torch.cat([text[:slot], self.visual_embeddings(enc).to(text.dtype), text[slot + 1 :]]))
+        length = max(r.shape[0] for r in rows)
+        pad = embed(torch.tensor([self.tokenizer.pad_token_id], device=self.device))[0]
+        batch = pad.expand(len(rows), length, pad.shape[-1]).clone()
+        mask = torch.zeros(len(rows), length, dtype=torch.long, device=self.device)
+        for i, r in enumerate(rows):
+            batch[i, length - r.shape[0] :] = r
+            mask[i, length - r.shape[0] :] = 1
+        return batch, mask
+
+    @torch.inference_mode()
+    def generate(
+        self, encoded: list[EncodedImage], prompts: list[str], options: GenerateOptions | None = None
+    ) -> list[Generation]:
+        """Project the kept features and decode, all images in one batched prefill."""
+        if len(encoded) != len(prompts):
+            raise ValueError(f"{len(encoded)} images but {len(prompts)} prompts")
+        if not encoded:
+            return []
+        options = options or GenerateOptions()
+        start = time.perf_counter()
+        inputs_embeds, attention_mask = self.build_inputs(encoded, prompts)
+        clock = _FirstTokenClock()
+        sampling = options.temperature > 0
+        if options.seed is not None:
+            torch.manual_seed(options.seed)
+        output = self.model.generate(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            max_new_tokens=options.max_new_tokens,
+            do_sample=sampling,
+            temperature=options.temperature if sampling else None,
+            top_p=options.top_p if sampling else None,
+            top_k=None,
+            logits_processor=[clock],
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        end = time.perf_counter()
+        ttft = (clock.first or end) - start
+        results = []
+        for i, sequence in enumerate(output):
+            tokens = sequence.tolist()
+            eos = self.model.generation_config.eos_token_id
+            eos = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.pad_token_id}
+            count = next((n for n, t in enumerate(tokens) if t in eos), len(tokens))
+            text = truncate_at_stop(self.tokenizer.decode(tokens[:count], skip_special_tokens=True), options.stop)
+            results.append(
+                Generation(
+                    text=text.strip(),
+                    generated_tokens=count,
+                    prompt_tokens=int(attention_mask[i].sum()),
+                    ttft_s=ttft,
+                    generate_s=end - start,
+                )
+            )
+        return results
+
+    def run(
+        self,
+        images: list[Image.Image],
+        prompts: list[str] | str,
+        options: GenerateOptions | None = None,
+        drop: DropConfig | None = None,
+    ) -> list[Result]:
+        """Encode, drop and generate for a batch of images in this process."""
+        prompts = [prompts] * len(images) if isinstance(prompts, str) else prompts
+        start = time.perf_counter()
+        encoded = self.encode(images, drop)
+        encode_s = time.perf_counter() - start
+        generations = self.generate(encoded, prompts, options)
+        return [
+            Result(g.text, e, g, {"encode_s": encode_s, "ttft_s": g.ttft_s, "generate_s": g.generate_s})
+            for e, g in zip(encoded, generations)
+        ]
+
+
+def truncate_at_stop(text: str, stop: tuple[str, ...]) -> str:
+    """``text`` up to the first of the ``stop`` strings (OpenAI semantics: the stop is excluded)."""
+    cut = min((text.find(s) for s in stop if s and s in text), default=-1)
+    return text if cut < 0 else text[:cut]

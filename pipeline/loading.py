@@ -1,0 +1,72 @@
+"""Load a LLaVA-NeXT / LLaVA model and its processor: a built-in testbed name, a local
+directory, or a hub id, the ordinary transformers way."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .model_factory import build_model, parse_builtin
+
+DEFAULT_MODEL = "hired/tiny-llava-next"
+
+
+class ModelNotFoundError(RuntimeError):
+    """The model named by the user cannot be loaded here."""
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """``device`` if given, else CUDA when present, else the CPU."""
+    if device and device != "auto":
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
+    """``dtype`` if given; bf16 (or fp16) on GPUs, fp32 on the CPU, where half matmuls are slow."""
+    if dtype and dtype != "auto":
+        try:
+            return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+        except KeyError:
+            raise ValueError(f"dtype must be auto, float32, float16 or bfloat16, got {dtype!r}") from None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_model(name: str = DEFAULT_MODEL, device: str | None = None, dtype: str | None = None, seed: int = 0):
+    """``(model, processor)`` for ``name``, on ``device`` in ``dtype``, in eval mode.
+
+    ``name`` is a built-in (``hired/tiny-llava-next``, ``hired/bench-llava``, ...), a directory
+    saved with ``save_pretrained``, or a hub id (needs network or the local hub cache).
+    """
+    target = pick_device(device)
+    torch_dtype = pick_dtype(target, dtype)
+    builtin = parse_builtin(name)
+    if builtin is not None:
+        model, processor = build_model(*builtin, seed=seed, dtype=torch_dtype)
+        return model.to(target), processor
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    local = Path(name).expanduser()
+    if local.exists() and not (local / "config.json").exists():
+        raise ModelNotFoundError(f"model directory {name!r} has no config.json: point --model at a saved checkpoint")
+    try:
+        processor = AutoProcessor.from_pretrained(str(local) if local.exists() else name)
+        model = AutoModelForImageTextToText.from_pretrained(
+            str(local) if local.exists() else name, dtype=torch_dtype
+        )
+    except OSError as error:
+        offline = os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True")
+        raise ModelNotFoundError(
+            f"cannot load model {name!r}: it is neither a built-in (hired/tiny-llava-next, ...), nor a "
+            "local directory, nor in the Hugging Face cache"
+            + (" (HF_HUB_OFFLINE is set, so the hub was not asked)" if offline else "")
+            + ". Download it with `huggingface-cli download` on a machine with network access, "
+            "or pass a local path."
+        ) from error
+    if getattr(processor, "tokenizer", None) is not None:
+        processor.tokenizer.padding_side = "left"
+    return model.to(target).eval(), processor
