@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny models built once per session, a local Ray cluster, sample images."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_next():
+    """``(model, processor)``: tiny LLaVA-NeXT at the real 336/14 geometry."""
+    from pipeline.model_factory import build_model
+
+    return build_model("llava-next", "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_llava():
+    """``(model, processor)``: tiny LLaVA-1.5 (one partition)."""
+    from pipeline.model_factory import build_model
+
+    return build_model("llava", "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_next_dir(tmp_path_factory) -> Path:
+    """The tiny LLaVA-NeXT saved to disk, loadable with ``from_pretrained``."""
+    from pipeline.model_factory import save_model
+
+    return save_model(tmp_path_factory.mktemp("models") / "tiny-llava-next", "llava-next", "tiny")
+
+
+def random_image(height: int, width: int, seed: int = 0) -> Image.Image:
+    """Smooth random colour field: structured enough that CLS attention is not uniform."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.random((max(2, height // 64), max(2, width // 64), 3))
+    image = Image.fromarray((coarse * 255).astype(np.uint8)).resize((width, height), Image.BILINEAR)
+    return image
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A local Ray instance for the whole session (start-up costs seconds)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=4,
+            include_dashboard=False,
+            log_to_driver=False,
+            _temp_dir="/tmp/hired-ray",
+            ignore_reinit_error=True,
+        )
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,43 @@
+"""Models load the ordinary transformers way; a missing one fails with a clear message."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hired_ops import DropConfig
+from pipeline.engine import GenerateOptions, HiredVLM
+from pipeline.loading import ModelNotFoundError, load_model
+from pipeline.model_factory import build_model, parse_builtin
+from tests.conftest import random_image
+
+
+def test_saved_model_loads_with_from_pretrained_and_answers_the_same(tiny_next, tiny_next_dir):
+    model, processor = tiny_next
+    loaded, loaded_processor = load_model(str(tiny_next_dir))
+    assert type(loaded) is type(model)
+    image = random_image(500, 800)
+    options = GenerateOptions(max_new_tokens=6)
+    ours = HiredVLM(model, processor, DropConfig(budget=0.2)).run([image], "Describe.", options)[0]
+    theirs = HiredVLM(loaded, loaded_processor, DropConfig(budget=0.2)).run([image], "Describe.", options)[0]
+    assert ours.text == theirs.text
+
+
+def test_factory_is_deterministic_from_seed():
+    a, _ = build_model("llava", "tiny", seed=3)
+    b, _ = build_model("llava", "tiny", seed=3)
+    c, _ = build_model("llava", "tiny", seed=4)
+    pa, pb, pc = (torch.cat([p.flatten() for p in m.parameters()]) for m in (a, b, c))
+    assert torch.equal(pa, pb) and not torch.equal(pa, pc)
+
+
+@pytest.mark.parametrize("name", ["/no/such/checkpoint", "llava-hf/llava-v1.6-mistral-7b-hf"])
+def test_missing_checkpoint_fails_with_a_clear_message(name, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError, match="cannot load model"):
+        load_model(name)
+
+
+def test_unknown_builtin_lists_the_choices():
+    with pytest.raises(ValueError, match="hired/tiny-llava-next"):
+        parse_builtin("hired/huge-llava")
