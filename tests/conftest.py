@@ -5,14 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from tests.s3_server import s3_server  # noqa: F401,E402  (one loopback S3 server per session)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,14 +40,6 @@ def tiny_next_dir(tmp_path_factory) -> Path:
     from pipeline.model_factory import save_model
 
     return save_model(tmp_path_factory.mktemp("models") / "tiny-llava-next", "llava-next", "tiny")
-
-
-def random_image(height: int, width: int, seed: int = 0) -> Image.Image:
-    """Smooth random colour field: structured enough that CLS attention is not uniform."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.random((max(2, height // 64), max(2, width // 64), 3))
-    image = Image.fromarray((coarse * 255).astype(np.uint8)).resize((width, height), Image.BILINEAR)
-    return image
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from hired_ops import DropConfig
 from pipeline.engine import GenerateOptions, HiredVLM
 from pipeline.loading import ModelNotFoundError, load_model
 from pipeline.model_factory import build_model, parse_builtin
-from tests.conftest import random_image
+from pipeline.synthetic import random_image
 
 
 def test_saved_model_loads_with_from_pretrained_and_answers_the_same(tiny_next, tiny_next_dir):

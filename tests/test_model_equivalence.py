@@ -8,7 +8,7 @@ import torch
 
 from hired_ops import DropConfig, capture_cls_attention, encode_and_drop, vision_tower
 from pipeline.engine import GenerateOptions, HiredVLM
-from tests.conftest import random_image
+from pipeline.synthetic import random_image
 
 # (height, width): square, landscape, portrait, panorama
 SIZES = [(672, 672), (600, 1000), (1000, 600), (300, 1000)]
