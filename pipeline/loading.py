@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .model_factory import build_model, parse_builtin
+from .model_factory import build_image_processor, build_model, parse_builtin
 
 DEFAULT_MODEL = "hired/tiny-llava-next"
 
@@ -70,3 +70,19 @@ def load_model(name: str = DEFAULT_MODEL, device: str | None = None, dtype: str 
     if getattr(processor, "tokenizer", None) is not None:
         processor.tokenizer.padding_side = "left"
     return model.to(target).eval(), processor
+
+
+def load_image_processor(name: str = DEFAULT_MODEL):
+    """Only the image processor of ``name``: what CPU decode tasks need, without the weights."""
+    builtin = parse_builtin(name)
+    if builtin is not None:
+        return build_image_processor(builtin[0])
+    from transformers import AutoImageProcessor
+
+    try:
+        return AutoImageProcessor.from_pretrained(name)
+    except OSError as error:
+        raise ModelNotFoundError(
+            f"cannot load the image processor of {name!r}: pass a built-in name, a local checkpoint "
+            "directory, or a hub id present in the local cache"
+        ) from error

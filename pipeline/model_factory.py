@@ -128,19 +128,30 @@ def build_tokenizer(vocab_size: int, seed: int = 0):
     return tokenizer
 
 
-def build_processor(kind: str, tokenizer):
-    """The stock processor for ``kind``, at the 336 px CLIP geometry."""
-    from transformers import CLIPImageProcessor, LlavaNextImageProcessor, LlavaNextProcessor, LlavaProcessor
+def build_image_processor(kind: str):
+    """The stock image processor for ``kind`` at the 336 px CLIP geometry (PIL backend when
+    torchvision is absent, as on CPU-only installs)."""
+    from transformers.utils import is_torchvision_available
 
     common = dict(size={"shortest_edge": TILE}, crop_size={"height": TILE, "width": TILE})
-    if kind == "llava-next":
-        image_processor = LlavaNextImageProcessor(image_grid_pinpoints=PINPOINTS, **common)
-        processor_cls = LlavaNextProcessor
+    if is_torchvision_available():
+        from transformers import CLIPImageProcessor as Clip
+        from transformers import LlavaNextImageProcessor as Next
     else:
-        image_processor = CLIPImageProcessor(**common)
-        processor_cls = LlavaProcessor
+        from transformers import CLIPImageProcessorPil as Clip
+        from transformers import LlavaNextImageProcessorPil as Next
+    if kind == "llava-next":
+        return Next(image_grid_pinpoints=PINPOINTS, **common)
+    return Clip(**common)
+
+
+def build_processor(kind: str, tokenizer):
+    """The stock processor for ``kind``, at the 336 px CLIP geometry."""
+    from transformers import LlavaNextProcessor, LlavaProcessor
+
+    processor_cls = LlavaNextProcessor if kind == "llava-next" else LlavaProcessor
     return processor_cls(
-        image_processor=image_processor,
+        image_processor=build_image_processor(kind),
         tokenizer=tokenizer,
         patch_size=PATCH,
         vision_feature_select_strategy="default",

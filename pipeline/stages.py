@@ -1,0 +1,265 @@
+"""The Ray Data stages of a job: decode (CPU tasks) -> vision (actor pool) -> LLM (actor pool).
+
+Batches are dicts of numpy columns. A row that fails anywhere keeps flowing with its ``error``
+set and empty arrays, so the writer sees every input exactly once. Between the vision and LLM
+pools travel only the kept pre-projector features (``enc_*`` columns).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from .batching import padding_fraction, plan_batches
+from .config import JobConfig
+from .engine import EncodedImage, HiredVLM
+from .images import DecodeLimits, decode_image
+from .loading import load_model
+from .sources import read_bytes
+from .tracking import peak_memory_stats
+
+logger = logging.getLogger(__name__)
+
+
+def describe_error(error: BaseException) -> str:
+    """One line for the ``error`` column: the exception type and its message."""
+    return f"{type(error).__name__}: {error}"
+
+
+def decode_batch(
+    batch: dict[str, np.ndarray],
+    image_processor: Any,
+    limits: DecodeLimits,
+    storage_options: dict | None,
+    pixel_dtype: str,
+) -> dict[str, np.ndarray]:
+    """Read, decode and partition images (CPU). Adds ``pixel_values`` ``(P, 3, H, W)`` per row,
+    ``image_size`` ``(2,)`` (height, width), ``error`` and ``decode_s``."""
+    count = len(batch["id"])
+    pixels, sizes, errors, seconds = [], [], [], []
+    tile = None
+    for i in range(count):
+        start = time.perf_counter()
+        path = str(batch["path"][i])
+        try:
+            data = batch["image_bytes"][i] if "image_bytes" in batch else None
+            if data is None or (isinstance(data, float) and np.isnan(data)):
+                data = read_bytes(path, storage_options)
+            image = decode_image(bytes(data), source=path, limits=limits)
+            values = image_processor(images=[image], return_tensors="np")["pixel_values"][0]
+            if values.ndim == 3:  # single-partition models: one (3, H, W) tile
+                values = values[None]
+            tile = values.shape[-1]
+            pixels.append(values.astype(pixel_dtype))
+            sizes.append(np.array([image.height, image.width], dtype=np.int32))
+            errors.append(None)
+        except Exception as error:  # one bad input must not stop the job
+            pixels.append(None)
+            sizes.append(np.zeros(2, dtype=np.int32))
+            errors.append(describe_error(error))
+        seconds.append(time.perf_counter() - start)
+    # failed rows carry an empty tile stack of the same rank, so the column stays one tensor type
+    tile = tile or 1
+    empty = np.zeros((0, 3, tile, tile), dtype=pixel_dtype)
+    out = {k: v for k, v in batch.items() if k != "image_bytes"}
+    out["pixel_values"] = _column([p if p is not None else empty for p in pixels])
+    out["image_size"] = np.stack(sizes)
+    out["error"] = np.array(errors, dtype=object)
+    out["decode_s"] = np.array(seconds, dtype=np.float32)
+    return out
+
+
+def _errors(batch: dict[str, np.ndarray]) -> list[str | None]:
+    """The batch's error column as str-or-None (Arrow may hand nulls back as None or NaN)."""
+    return [value if isinstance(value, str) and value else None for value in batch["error"]]
+
+
+def _column(arrays: list[np.ndarray]) -> np.ndarray:
+    """An object column of per-row arrays (Ray stores ragged ones as variable-shaped tensors)."""
+    column = np.empty(len(arrays), dtype=object)
+    column[:] = arrays
+    return column
+
+
+def _isolating(run: Callable[[list[int]], list[Any]], indices: list[int]) -> dict[int, Any]:
+    """Run a batch; if it fails, run its rows one by one so only the bad row fails.
+
+    Returns per index either the result or the exception it raised.
+    """
+    try:
+        return dict(zip(indices, run(indices)))
+    except Exception as error:
+        if len(indices) == 1:
+            return {indices[0]: error}
+        logger.warning("batch of %d failed (%s); retrying row by row", len(indices), describe_error(error))
+        results: dict[int, Any] = {}
+        for index in indices:
+            results.update(_isolating(run, [index]))
+        return results
+
+
+class _ModelActor:
+    """Shared set-up of the two actor stages: threads, model, and memory reporting."""
+
+    role = "actor"
+
+    def __init__(self, config: JobConfig, num_cpus: float) -> None:
+        # Ray sets OMP threads from num_cpus (at least 1) and reuses workers; be explicit.
+        torch.set_num_threads(max(1, round(num_cpus)))
+        self.config = config
+        model, processor = load_model(config.model, device=config.device, dtype=config.dtype, seed=config.seed)
+        self.strip(model)
+        self.vlm = HiredVLM(model, processor, config.drop_config(), config.transfer_dtype)
+        self.name = f"{self.role}-{os.getpid()}"
+
+    def strip(self, model: torch.nn.Module) -> None:
+        """Drop the half of the model this actor never runs, to halve its memory."""
+
+    def bookkeeping_columns(self, count: int, started: float) -> dict[str, np.ndarray]:
+        """Actor name, its peak memory so far, and the wall-clock span of this call (for the
+        driver's memory metrics and pool-overlap accounting; not written to the output)."""
+        stats = peak_memory_stats(self.name)
+        return {
+            f"{self.role}_span": np.tile(np.array([started, time.time()]), (count, 1)),
+            f"{self.role}_actor": np.array([self.name] * count, dtype=object),
+            f"{self.role}_peak_accel": np.full(count, stats["peak_accelerator_bytes"], dtype=np.int64),
+            f"{self.role}_peak_host": np.full(count, stats["peak_host_bytes"], dtype=np.int64),
+        }
+
+
+class VisionStage(_ModelActor):
+    """Vision tower + token dropping. Adds the ``enc_*`` columns and ``vision_s``."""
+
+    role = "vision"
+
+    def strip(self, model: torch.nn.Module) -> None:
+        inner = getattr(model, "model", model)
+        inner.language_model = None
+        if hasattr(model, "lm_head"):
+            model.lm_head = None
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        called = time.time()
+        count = len(batch["id"])
+        errors = _errors(batch)
+        ok = [i for i in range(count) if errors[i] is None]
+
+        def encode(indices: list[int]) -> list[EncodedImage]:
+            pixels = {
+                "pixel_values": [torch.from_numpy(np.asarray(batch["pixel_values"][i])) for i in indices],
+                "image_sizes": torch.from_numpy(np.stack([batch["image_size"][i] for i in indices])),
+            }
+            return self.vlm.encode(pixels)
+
+        start = time.perf_counter()
+        results = _isolating(encode, ok) if ok else {}
+        share = (time.perf_counter() - start) / max(1, len(ok))
+        encoded: list[EncodedImage | None] = [None] * count
+        for i, result in results.items():
+            if isinstance(result, Exception):
+                errors[i] = describe_error(result)
+            else:
+                encoded[i] = result
+        out = {k: v for k, v in batch.items() if k != "pixel_values"}
+        out.update(self.encoded_columns(encoded))
+        out["error"] = np.array(errors, dtype=object)
+        out["vision_s"] = np.array([share if e is not None else 0.0 for e in encoded], dtype=np.float32)
+        out.update(self.bookkeeping_columns(count, called))
+        return out
+
+    def encoded_columns(self, encoded: list[EncodedImage | None]) -> dict[str, np.ndarray]:
+        """``enc_*`` columns; failed rows get empty arrays of the same rank and dtype."""
+        width = next((e.features.shape[1] for e in encoded if e is not None), 1)
+        dtype = np.float16 if self.config.transfer_dtype == "float16" else np.float32
+        blank = EncodedImage(
+            features=np.zeros((0, width), dtype=dtype),
+            partition=np.zeros(0, np.int16),
+            patch=np.zeros(0, np.int16),
+            newline_after=np.zeros(0, bool),
+            budgets=np.zeros(0, np.int32),
+            available=np.zeros(0, np.int32),
+            image_size=(0, 0),
+            grid=(0, 0),
+        )
+        rows = [(e or blank).to_row() for e in encoded]
+        return {key: _column([r[key] for r in rows]) for key in rows[0]}
+
+
+class LLMStage(_ModelActor):
+    """Projector, prompt assembly and batched generation on fixed-length groups."""
+
+    role = "llm"
+
+    def strip(self, model: torch.nn.Module) -> None:
+        inner = getattr(model, "model", model)
+        inner.vision_tower = None
+
+    def __init__(self, config: JobConfig, num_cpus: float) -> None:
+        super().__init__(config, num_cpus)
+        self.options = config.generate_options()
+        self.prompt_lengths: dict[str, int] = {}
+
+    def prompt_length(self, prompt: str) -> int:
+        """Text tokens of a formatted prompt, its image slot not counted (cached per prompt)."""
+        if prompt not in self.prompt_lengths:
+            self.prompt_lengths[prompt] = len(self.vlm.prompt_ids(prompt)) - 1
+        return self.prompt_lengths[prompt]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        called = time.time()
+        count = len(batch["id"])
+        errors = _errors(batch)
+        prompts = [str(p) for p in batch["prompt"]]
+        encoded = {
+            i: EncodedImage.from_row({k: batch[k][i] for k in batch if k.startswith("enc_")})
+            for i in range(count)
+            if errors[i] is None
+        }
+        lengths = {i: self.prompt_length(prompts[i]) + e.sequence_length for i, e in encoded.items()}
+        order = list(encoded)
+        text: list[str | None] = [None] * count
+        numbers = {name: np.zeros(count, dtype=np.float32) for name in ("ttft_s", "generate_s", "padding_fraction")}
+        generated = np.zeros(count, dtype=np.int32)
+        prompt_tokens = np.zeros(count, dtype=np.int32)
+        for group in plan_batches([lengths[i] for i in order], self.config.max_padding):
+            rows = [order[g] for g in group]
+
+            def generate(indices: list[int]):
+                return self.vlm.generate([encoded[i] for i in indices], [prompts[i] for i in indices], self.options)
+
+            pad = padding_fraction([lengths[i] for i in rows])
+            for i, result in _isolating(generate, rows).items():
+                if isinstance(result, Exception):
+                    errors[i] = describe_error(result)
+                    continue
+                text[i] = result.text
+                generated[i] = result.generated_tokens
+                prompt_tokens[i] = result.prompt_tokens
+                numbers["ttft_s"][i] = result.ttft_s
+                numbers["generate_s"][i] = result.generate_s
+                numbers["padding_fraction"][i] = pad
+        # the features stay behind; the small index columns go on to the driver for figures
+        out = {k: v for k, v in batch.items() if k != "enc_features"}
+        out["text"] = np.array(text, dtype=object)
+        out["error"] = np.array(errors, dtype=object)
+        out["generated_tokens"] = generated
+        out["prompt_tokens"] = prompt_tokens
+        out.update(numbers)
+        out["visual_tokens"] = np.array([len(batch["enc_partition"][i]) for i in range(count)], dtype=np.int32)
+        out["sequence_tokens"] = np.array(
+            [len(batch["enc_partition"][i]) + int(np.sum(batch["enc_newline_after"][i])) for i in range(count)],
+            dtype=np.int32,
+        )
+        out["available_tokens"] = np.array([int(np.sum(batch["enc_available"][i])) for i in range(count)], dtype=np.int32)
+        out["partition_budgets"] = _column([np.asarray(batch["enc_budgets"][i], dtype=np.int32) for i in range(count)])
+        out["feature_bytes"] = np.array(
+            [np.asarray(batch["enc_features"][i]).nbytes for i in range(count)], dtype=np.int64
+        )
+        out.update(self.bookkeeping_columns(count, called))
+        return out

@@ -1,0 +1,193 @@
+"""The captioning job end to end on local Ray: nothing lost, same answers as the direct API,
+object stores through fsspec, and resume."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from hired_ops import DropConfig
+from pipeline.config import JobConfig, PoolConfig
+from pipeline.engine import GenerateOptions, HiredVLM
+from pipeline.images import decode_image
+from pipeline.job import run_job
+from pipeline.synthetic import random_image
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+BROKEN = {"zero.jpg", "text.png", "truncated.jpg", "bomb.png", "truncated.png"}
+
+
+def _png_with_claimed_size(width: int, height: int) -> bytes:
+    """A real PNG whose header claims a huge size (a decompression bomb), CRC fixed up."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    ihdr = 8 + 8  # signature, then length + type of the IHDR chunk
+    data[ihdr : ihdr + 4] = width.to_bytes(4, "big")
+    data[ihdr + 4 : ihdr + 8] = height.to_bytes(4, "big")
+    crc = zlib.crc32(bytes(data[12 : ihdr + 13]))
+    data[ihdr + 13 : ihdr + 17] = crc.to_bytes(4, "big")
+    return bytes(data)
+
+
+def make_mixed_images(folder: Path) -> list[str]:
+    """About 20 images of mixed formats and sizes, five of them broken; returns their names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for sample in (REPO / "samples" / "images").iterdir():
+        shutil.copy(sample, folder / sample.name)
+    formats = [("JPEG", "jpg"), ("PNG", "png"), ("WEBP", "webp"), ("TIFF", "tif"), ("BMP", "bmp")]
+    sizes = [(500, 700), (800, 400), (336, 336), (1200, 300), (640, 640), (300, 900), (720, 480)]
+    for i, (height, width) in enumerate(sizes):
+        fmt, ext = formats[i % len(formats)]
+        random_image(height, width, seed=100 + i).save(folder / f"random_{i}.{ext}", format=fmt)
+    good_jpeg = (folder / "landscape_640x480.jpg").read_bytes()
+    good_png = (folder / "portrait_480x720.png").read_bytes()
+    (folder / "zero.jpg").write_bytes(b"")
+    (folder / "text.png").write_bytes(b"this is not an image at all\n" * 10)
+    (folder / "truncated.jpg").write_bytes(good_jpeg[: len(good_jpeg) // 2])
+    (folder / "truncated.png").write_bytes(good_png[: len(good_png) // 3])
+    (folder / "bomb.png").write_bytes(_png_with_claimed_size(100_000, 100_000))
+    return sorted(p.name for p in folder.iterdir())
+
+
+def small_job(input: str, output: str, **overrides) -> JobConfig:
+    values = dict(
+        input=input,
+        output=output,
+        max_new_tokens=6,
+        vision=PoolConfig(batch_size=4),
+        llm=PoolConfig(batch_size=4),
+        decode_batch_size=4,
+    )
+    values.update(overrides)
+    return JobConfig(**values)
+
+
+def read_output(path: str, **storage_options):
+    fs, root = fsspec.core.url_to_fs(path, **storage_options)
+    files = sorted(fs.glob(f"{root.rstrip('/')}/*.parquet"))
+    tables = []
+    for file in files:
+        with fs.open(file, "rb") as handle:
+            tables.append(pq.read_table(handle))
+    import pyarrow as pa
+
+    return pa.concat_tables(tables).to_pylist() if tables else []
+
+
+def test_every_input_once_broken_ones_with_errors(tmp_path, ray_local):
+    names = make_mixed_images(tmp_path / "images")
+    assert len(names) >= 20
+    summary = run_job(small_job(str(tmp_path / "images"), str(tmp_path / "out")))
+    rows = read_output(str(tmp_path / "out"))
+    assert sorted(r["id"] for r in rows) == names, "every input exactly once"
+    assert summary.images == len(names) and summary.errors == len(BROKEN)
+    for row in rows:
+        if row["id"] in BROKEN:
+            assert row["error"] and row["text"] is None, row
+            assert row["id"].split(".")[0] in row["error"] or row["path"] in row["error"]
+        else:
+            assert row["error"] is None, row
+            assert isinstance(row["text"], str) and row["generated_tokens"] > 0
+            assert row["visual_tokens"] == 576 and sum(row["partition_budgets"]) == 576
+            assert row["method"] == "hired" and row["budget"] == "0.2"
+            assert row["feature_bytes"] == 576 * 32 * 2  # kept fp16 features of a 32-wide tower
+    assert "DecompressionBomb" in next(r["error"] for r in rows if r["id"] == "bomb.png") or "pixels" in next(
+        r["error"] for r in rows if r["id"] == "bomb.png"
+    )
+
+
+def test_pipeline_output_equals_direct_api(tmp_path, ray_local, tiny_next):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    sizes = [(500, 700), (800, 400), (336, 336), (1200, 300), (640, 640), (300, 900)]
+    for i, (height, width) in enumerate(sizes):
+        random_image(height, width, seed=7 + i).save(folder / f"img_{i}.png")
+    for method, budget in (("hired", "0.2"), ("spatial", "300"), ("full", None)):
+        out = tmp_path / f"out-{method}"
+        run_job(small_job(str(folder), str(out), method=method, budget=budget))
+        rows = {r["id"]: r for r in read_output(str(out))}
+        model, processor = tiny_next
+        vlm = HiredVLM(model, processor, DropConfig(method=method, budget=budget))
+        answers = set()
+        for name, row in rows.items():
+            image = decode_image((folder / name).read_bytes(), source=name)
+            direct = vlm.run([image], row["prompt"], GenerateOptions(max_new_tokens=6))[0]
+            assert row["text"] == direct.text, (method, name)
+            assert row["visual_tokens"] == direct.encoded.num_tokens
+            assert row["partition_budgets"] == direct.encoded.budgets.tolist()
+            answers.add(row["text"])
+        assert len(answers) > 1, "all answers equal: the comparison could not fail"
+
+
+def test_s3_input_and_output(tmp_path, ray_local, s3_server):
+    s3_server.create_bucket("data")
+    images = make_mixed_images(tmp_path / "images")[:6]
+    for name in images:
+        s3_server.upload("data", f"imgs/{name}", (tmp_path / "images" / name).read_bytes())
+    options = {"endpoint_url": s3_server.endpoint_url, "key": "testing", "secret": "testing"}
+    config = small_job("s3://data/imgs/", "s3://data/captions/", storage_options=options)
+    summary = run_job(config)
+    rows = read_output("s3://data/captions/", **options)
+    assert sorted(r["id"] for r in rows) == sorted(images)
+    assert summary.images == len(images)
+    assert all((r["error"] is None) == (r["id"] not in BROKEN) for r in rows)
+    assert all(r["path"].startswith("s3://data/imgs/") for r in rows)
+
+
+def test_resume_skips_rows_already_written(tmp_path, ray_local):
+    names = make_mixed_images(tmp_path / "images")
+    out = tmp_path / "out"
+    first = run_job(small_job(str(tmp_path / "images"), str(out), limit=7))
+    assert first.images == 7
+    second = run_job(small_job(str(tmp_path / "images"), str(out)))
+    assert second.skipped == 7 and second.images == len(names) - 7
+    ids = [r["id"] for r in read_output(str(out))]
+    assert sorted(ids) == names and len(ids) == len(set(ids))
+    third = run_job(small_job(str(tmp_path / "images"), str(out)))
+    assert third.images == 0 and third.skipped == len(names)
+
+
+def test_killed_job_resumes_each_row_once(tmp_path):
+    """A real interruption: the CLI is killed after its first Parquet file lands."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(24):
+        random_image(300 + 20 * i, 500, seed=i).save(folder / f"img_{i:02d}.png")
+    out = tmp_path / "out"
+    command = [
+        sys.executable, "-m", "jobs.cli", "caption", str(folder), "--output", str(out),
+        "--max-new-tokens", "4", "--vision-batch-size", "2", "--llm-batch-size", "2",
+        "--decode-batch-size", "2", "--no-tracking",
+    ]
+    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(out.glob("*.parquet")) and process.poll() is None:
+        time.sleep(0.2)
+    assert process.poll() is None, "the job ended before it could be interrupted"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    partial = read_output(str(out))
+    assert 0 < len(partial) < 24, "the job must be interrupted part-way for this test to mean anything"
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    ids = [r["id"] for r in read_output(str(out))]
+    assert len(ids) == 24 and len(set(ids)) == 24
+    assert f"{len(partial)} already done" in result.stdout
