@@ -1,0 +1,127 @@
+"""Pipeline benchmark (issue 3): the Ray Data job vs a bare single-process loop doing the same
+work on the same images and model, in one run; pool overlap; bytes between the pools.
+
+    python benchmarks/caption_job.py [--images 6] [--size bench] [--json OUT]
+
+What is timed:
+* loop: for each batch, read + decode + preprocess, vision tower + dropping, batched generate.
+  The model is loaded before the clock starts.
+* pipeline, total: ``run_job`` end to end (listing, Ray Data, actor start-up and model loading,
+  writing Parquet).
+* pipeline, processing window: from the start of the first actor call to the end of the last one.
+  Actor start-up and model loading are a fixed cost per job (seconds, against hours for a real
+  data set), so the ratio to the loop uses this window.
+* overlap: seconds both actor pools were busy at once, over the shorter pool's busy time.
+* bytes: kept features sent from the vision to the LLM pool per image (``feature_bytes``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline.config import JobConfig, PoolConfig
+from pipeline.engine import HiredVLM
+from pipeline.images import decode_image
+from pipeline.job import run_job
+from pipeline.model_factory import save_model
+from pipeline.synthetic import random_image
+
+SIZES = [(672, 672), (600, 1000), (1000, 600), (480, 640), (900, 900), (500, 1200)]
+
+
+def make_images(folder: Path, count: int, offset: int = 0) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        height, width = SIZES[(i + offset) % len(SIZES)]
+        random_image(height, width, seed=i + offset).save(folder / f"img_{i + offset:04d}.png")
+
+
+def loop(model_dir: str, folder: Path, config: JobConfig) -> float:
+    """The same work in one process, no Ray: returns wall seconds (model load excluded)."""
+    vlm = HiredVLM.from_pretrained(model_dir, drop=config.drop_config(), transfer_dtype=config.transfer_dtype)
+    options = config.generate_options()
+    paths = sorted(folder.iterdir())
+    batch = config.vision.batch_size
+    start = time.perf_counter()
+    for i in range(0, len(paths), batch):
+        images = [decode_image(p.read_bytes(), str(p)) for p in paths[i : i + batch]]
+        encoded = vlm.encode(images)
+        vlm.generate(encoded, [config.prompt] * len(encoded), options)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=6)
+    parser.add_argument("--size", default="bench", choices=["tiny", "bench"])
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--json", help="also write the numbers here")
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+    import ray
+
+    cores = os.cpu_count() or 2
+    # logical CPUs: decode tasks 1, the vision actor all cores' threads, the LLM actor half;
+    # declared so that Ray schedules all three at once on a small machine
+    ray.init(num_cpus=1 + cores + max(1, cores // 2), include_dashboard=False, log_to_driver=False,
+             _temp_dir="/tmp/hired-ray")
+    work = Path(tempfile.mkdtemp(prefix="hired-bench-"))
+    model_dir = str(save_model(work / "model", "llava-next", args.size))
+    small = work / "images"
+    make_images(small, args.images)
+
+    def job(folder: Path, output: str, budget: str | None = "0.2", method: str = "hired") -> JobConfig:
+        return JobConfig(
+            input=str(folder), output=str(work / output), model=model_dir, method=method, budget=budget,
+            max_new_tokens=args.max_new_tokens, resume=False,
+            vision=PoolConfig(batch_size=args.batch_size, num_cpus=float(cores)),
+            llm=PoolConfig(batch_size=args.batch_size, num_cpus=float(max(1, cores // 2))),
+            decode_batch_size=args.batch_size,
+        )
+
+    torch.set_num_threads(cores)
+    loop_s = loop(model_dir, small, job(small, "unused"))
+    pipe_n = run_job(job(small, "out-hired"))
+    pipe_full = run_job(job(small, "out-full", budget=None, method="full"))
+    spans = pipe_n.spans["vision"] + pipe_n.spans["llm"]
+    window_s = max(end for _, end in spans) - min(start for start, _ in spans)
+    busy = min(pipe_n.busy_s("vision"), pipe_n.busy_s("llm"))
+    bytes_20 = pipe_n.table.column("feature_bytes").to_numpy().mean()
+    bytes_full = pipe_full.table.column("feature_bytes").to_numpy().mean()
+    result = {
+        "machine": f"{platform.machine()}, {cores} cores, torch {torch.__version__}",
+        "model": f"{args.size}-llava-next",
+        "images": args.images,
+        "loop_images_per_s": args.images / loop_s,
+        "pipeline_images_per_s_total": args.images / pipe_n.wall_s,
+        "pipeline_images_per_s_window": args.images / window_s,
+        "ratio_window_vs_loop": loop_s / window_s,
+        "ratio_total_vs_loop": loop_s / pipe_n.wall_s,
+        "loop_s": loop_s,
+        "pipeline_window_s": window_s,
+        "pipeline_total_s": pipe_n.wall_s,
+        "pipeline_full_total_s": pipe_full.wall_s,
+        "overlap_s": pipe_n.overlap_s(),
+        "overlap_fraction_of_shorter_pool": pipe_n.overlap_s() / busy if busy else 0.0,
+        "busy_s": {"vision": pipe_n.busy_s("vision"), "llm": pipe_n.busy_s("llm")},
+        "feature_bytes_per_image": {"hired-20%": float(bytes_20), "full": float(bytes_full)},
+        "bytes_ratio_full_vs_20": float(bytes_full / bytes_20),
+    }
+    print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
