@@ -1,0 +1,391 @@
+"""The Ray Serve chat completions endpoint: config and request validation (fast), and real HTTP
+on loopback against one Serve deployment of the tiny model (slow), checked against the direct API."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.server
+import io
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from hired_ops import DropConfig
+from pipeline.engine import GenerateOptions, HiredVLM
+from pipeline.serving import (
+    ApiError,
+    ServeConfig,
+    build_app,
+    check_remote_url,
+    decode_data_url,
+    parse_chat_request,
+    split_for_stream,
+)
+from pipeline.synthetic import random_image
+
+REPO = Path(__file__).resolve().parents[1]
+YAML_PATH = REPO / "cluster" / "serve" / "serve_config.yaml"
+MODEL = "hired/tiny-llava-next"
+MAX_VISUAL = 2880  # LLaVA-NeXT: 5 partitions x 576
+KEY = "test-key"
+PROMPT = "What is in this image?"
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def data_url(data: bytes, media: str = "image/png") -> str:
+    return f"data:{media};base64,{base64.b64encode(data).decode()}"
+
+
+def chat_body(url: str, prompt: str = PROMPT, **extra) -> dict:
+    content = [{"type": "text", "text": prompt}, {"type": "image_url", "image_url": {"url": url}}]
+    return {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 8, **extra}
+
+
+def yaml_args() -> dict:
+    return yaml.safe_load(YAML_PATH.read_text())["applications"][0]["args"]
+
+
+# -- fast: configuration and request validation --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"method": "magic"}, "unknown method"),
+        ({"method": "full", "allowed_methods": ("hired",)}, "must be in allowed_methods"),
+        ({"budget": "lots"}, "not a number"),
+        ({"max_batch_size": 0}, "max_batch_size"),
+        ({"max_batch_size": 32, "max_ongoing_requests": 8}, "fill a batch"),
+        ({"allowed_image_hosts": ("http://evil/",)}, "host names"),
+        ({"api_key": " "}, "api_key"),
+        ({"vision": {"num_replicas": 0}}, "num_replicas"),
+        ({"llm": {"gpus": 1}}, "num_gpus"),
+        ({"default_max_tokens": 100, "max_tokens_limit": 10}, "max_tokens_limit"),
+    ],
+)
+def test_config_rejects_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ServeConfig(**kwargs)
+
+
+def test_config_budget_range_in_tokens():
+    config = ServeConfig(budget="20%", min_budget=64, max_budget=0.5)
+    assert config.budget_range(MAX_VISUAL) == (64, 1440)
+    with pytest.raises(ValueError, match="outside"):
+        ServeConfig(budget=1000, max_budget=0.25).budget_range(MAX_VISUAL)
+    with pytest.raises(ValueError, match="above max_budget"):
+        ServeConfig(min_budget=0.5, max_budget=100).budget_range(MAX_VISUAL)
+    with pytest.raises(ValueError, match="unknown ServeConfig field"):
+        ServeConfig.from_dict({"modle": MODEL})
+    lists = ServeConfig(allowed_methods="hired, full", allowed_image_hosts="Images.Example.com:8080")
+    assert lists.allowed_methods == ("hired", "full") and lists.allowed_image_hosts == ("images.example.com:8080",)
+
+
+def test_yaml_config_parses_and_builds_the_app(monkeypatch):
+    from ray.serve.deployment import Application
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(YAML_PATH.read_text()))
+    app = schema.applications[0]
+    module, _, attr = app.import_path.partition(":")
+    builder = getattr(__import__(module, fromlist=[attr]), attr)
+    assert builder is build_app
+    monkeypatch.setenv("HIRED_API_KEY", "from-env")
+    built = builder(app.args)
+    assert isinstance(built, Application)
+    config = ServeConfig.from_dict(yaml_args())
+    assert config.allowed_methods == ("hired", "spatial", "random", "full") and config.budget_range(MAX_VISUAL) == (64, 2880)
+
+
+def test_cli_flags_make_the_config(monkeypatch):
+    from jobs import serve as serve_cli
+
+    monkeypatch.setenv("HIRED_API_KEY", "env-key")
+    parser = argparse.ArgumentParser()
+    serve_cli.add_parser(parser.add_subparsers())
+    args = parser.parse_args(
+        ["serve", "--method", "spatial", "--budget", "300", "--allowed-methods", "spatial,hired", "--max-budget", "0.5",
+         "--allow-image-host", "img.example.com", "--batch-wait-ms", "20", "--num-gpus", "1"]
+    )
+    config = serve_cli.config_from_args(args)
+    assert (config.method, str(config.budget), config.allowed_methods) == ("spatial", "300", ("spatial", "hired"))
+    assert config.api_key == "env-key" and config.allowed_image_hosts == ("img.example.com",)
+    assert config.batch_wait_timeout_s == pytest.approx(0.02) and config.llm.num_gpus == 1.0
+
+
+def _parse(body: dict, **config) -> object:
+    return parse_chat_request(body, ServeConfig(**config), MAX_VISUAL)
+
+
+def test_parse_request_and_override():
+    body = chat_body("data:image/png;base64,AAAA", temperature=0, stop="\n", hired={"method": "spatial", "budget": "10%"})
+    body["messages"].insert(0, {"role": "system", "content": "Be brief."})
+    parsed = _parse(body)
+    assert parsed.prompt == f"Be brief.\n{PROMPT}"
+    assert parsed.drop == DropConfig(method="spatial", budget=0.1)
+    assert parsed.options == GenerateOptions(max_new_tokens=8, stop=("\n",))
+    assert parsed.image_param == "messages[1].content[1].image_url.url"
+    assert _parse(chat_body("data:,", hired={"method": "full"})).drop.method == "full"
+    assert _parse(chat_body("data:,")).drop == DropConfig(budget=0.2)
+
+
+@pytest.mark.parametrize(
+    "change, status, code, param",
+    [
+        (lambda b: b.pop("messages"), 400, "missing_field", "messages"),
+        (lambda b: b.update(model="gpt-4o"), 404, "model_not_found", "model"),
+        (lambda b: b.update(max_tokens=10_000), 400, "invalid_value", "max_tokens"),
+        (lambda b: b.update(temperature="hot"), 400, "invalid_type", "temperature"),
+        (lambda b: b.update(n=2), 400, "unsupported_value", "n"),
+        (lambda b: b["messages"].append({"role": "assistant", "content": "hi"}), 400, "unsupported_value", "messages[1].role"),
+        (lambda b: b["messages"][0]["content"].pop(1), 400, "missing_image", "messages"),
+        (lambda b: b.update(hired={"budget": 0.9}), 400, "budget_out_of_range", "hired.budget"),
+        (lambda b: b.update(hired={"method": "prumerge"}), 400, "method_not_allowed", "hired.method"),
+        (lambda b: b.update(hired={"method": "full"}), 400, "budget_out_of_range", "hired.method"),
+        (lambda b: b.update(hired={"method": "full", "budget": 5}), 400, "invalid_value", "hired.budget"),
+        (lambda b: b.update(hired={"budgett": 5}), 400, "invalid_value", "hired.budgett"),
+    ],
+)
+def test_parse_request_errors(change, status, code, param):
+    body = chat_body("data:,")
+    change(body)
+    with pytest.raises(ApiError) as caught:
+        _parse(body, allowed_methods=("hired", "full"), max_budget=0.5, max_tokens_limit=64)
+    error = caught.value
+    assert (error.status, error.code, error.param) == (status, code, param)
+    assert error.body()["error"]["message"]
+
+
+def test_data_urls_and_remote_hosts():
+    assert decode_data_url(data_url(b"abc"), "p", 10) == b"abc"
+    with pytest.raises(ApiError, match="not valid base64"):
+        decode_data_url("data:image/png;base64,@@@", "p", 10)
+    with pytest.raises(ApiError) as caught:
+        decode_data_url(data_url(b"x" * 100), "p", 10)
+    assert caught.value.status == 413
+    check_remote_url("https://img.example.com/a.png", "p", ("img.example.com",))
+    check_remote_url("http://127.0.0.1:81/a.png", "p", ("127.0.0.1:81",))
+    for url in ("http://169.254.169.254/latest", "http://127.0.0.1:82/a.png", "file:///etc/passwd"):
+        with pytest.raises(ApiError):
+            check_remote_url(url, "p", ("img.example.com", "127.0.0.1:81"))
+
+
+def test_stream_pieces_concatenate_to_the_text():
+    for text in ("", "one", " lead and  double  spaces\nnewline ", "�1 9 1420W"):
+        assert "".join(split_for_stream(text)) == text
+
+
+# -- slow: one Serve deployment on loopback -------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+IMAGE_SIZES = [(480, 640), (336, 336), (700, 300), (500, 900)]
+
+
+@pytest.fixture(scope="module")
+def images() -> list[Image.Image]:
+    return [random_image(h, w, seed=i) for i, (h, w) in enumerate(IMAGE_SIZES)]
+
+
+@pytest.fixture(scope="module")
+def image_host(images):
+    """A loopback HTTP server holding ``/image.png`` (images[0]): the allowlisted remote host."""
+    payload = png_bytes(images[0])
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            found = self.path == "/image.png"
+            self.send_response(200 if found else 404)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(payload) if found else 0))
+            self.end_headers()
+            if found:
+                self.wfile.write(payload)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def server(ray_local, image_host) -> str:
+    """Base URL of the application deployed from the committed YAML's args, with test limits."""
+    from ray import serve
+
+    from pipeline.serving import start
+
+    args = yaml_args() | {
+        "api_key": KEY,
+        "allowed_image_hosts": [image_host],
+        "max_image_bytes": 500_000,
+        "max_image_pixels": 4_000_000,
+        "max_tokens_limit": 64,
+    }
+    url = start(ServeConfig.from_dict(args), host="127.0.0.1", port=free_port())
+    yield url
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def direct(tiny_next):
+    """The direct API on the same built-in model: ``direct(image, drop, max_new_tokens) -> Result``."""
+    model, processor = tiny_next
+    vlm = HiredVLM(model, processor, DropConfig(budget=0.2))
+
+    def answer(image: Image.Image, drop: DropConfig = DropConfig(budget=0.2), max_new_tokens: int = 8):
+        return vlm.run([image], PROMPT, GenerateOptions(max_new_tokens=max_new_tokens), drop)[0]
+
+    return answer
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    import openai
+
+    return openai.OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+@pytest.mark.slow
+def test_openai_client_answer_equals_direct_api(client, images, direct):
+    expected = direct(images[0], max_new_tokens=12)
+    body = chat_body(data_url(png_bytes(images[0])), max_tokens=12)
+    reply = client.chat.completions.create(model=MODEL, messages=body["messages"], max_tokens=12)
+    assert reply.choices[0].message.content == expected.text
+    assert reply.choices[0].finish_reason == ("length" if expected.generation.generated_tokens == 12 else "stop")
+    assert reply.usage.visual_tokens == expected.encoded.num_tokens == 576  # 20% of 2880
+    assert reply.usage.completion_tokens == expected.generation.generated_tokens
+    assert reply.usage.prompt_tokens == expected.generation.prompt_tokens
+
+    stream = client.chat.completions.create(
+        model=MODEL, messages=body["messages"], max_tokens=12, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected.text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == reply.choices[0].finish_reason
+    assert chunks[-1].usage.total_tokens == reply.usage.total_tokens
+
+
+@pytest.mark.slow
+def test_budget_override_equals_direct_api(client, images, direct):
+    drop = DropConfig(method="spatial", budget=300)
+    reply = client.chat.completions.create(
+        model=MODEL, messages=chat_body(data_url(png_bytes(images[2])))["messages"], max_tokens=8,
+        extra_body={"hired": {"method": "spatial", "budget": 300}},
+    )
+    expected = direct(images[2], drop)
+    assert reply.choices[0].message.content == expected.text
+    assert reply.usage.visual_tokens == 300
+    assert reply.model_extra["hired"]["method"] == "spatial"
+
+
+@pytest.mark.slow
+def test_32_concurrent_requests_are_batched_and_correct(client, server, images, direct):
+    import requests
+
+    expected = [direct(image).text for image in images]
+    urls = [data_url(png_bytes(image)) for image in images]
+
+    def ask(i: int) -> str:
+        body = chat_body(urls[i % len(urls)])
+        reply = client.chat.completions.create(model=MODEL, messages=body["messages"], max_tokens=8)
+        return reply.choices[0].message.content
+
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(ask, range(32)))
+    assert answers == [expected[i % len(expected)] for i in range(32)]
+    stats = requests.get(f"{server}/v1/stats", headers={"Authorization": f"Bearer {KEY}"}, timeout=30).json()
+    assert stats["vision"]["max_batch_size"] > 1 and stats["llm"]["max_batch_size"] > 1, stats
+
+
+def _bad_cases(image_host: str) -> list[tuple[str, dict, int, str]]:
+    """``(name, request kwargs, status, error code)`` for every kind of bad input."""
+    good = png_bytes(random_image(64, 64))
+    auth = {"Authorization": f"Bearer {KEY}"}
+
+    def with_url(url: str, **extra) -> dict:
+        return {"json": chat_body(url, **extra), "headers": auth}
+
+    two_images = chat_body(data_url(good))
+    two_images["messages"][0]["content"].append({"type": "image_url", "image_url": {"url": data_url(good)}})
+    huge = Image.new("RGB", (2100, 2000), (200, 30, 30))  # 4.2 Mpx: over the 4 Mpx limit, a small file
+    return [
+        ("malformed json", {"data": b'{"model": ', "headers": auth}, 400, "invalid_json"),
+        ("missing messages", {"json": {"model": MODEL}, "headers": auth}, 400, "missing_field"),
+        ("missing model", {"json": {"messages": []}, "headers": auth}, 400, "missing_field"),
+        ("unknown model", {"json": chat_body(data_url(good)) | {"model": "gpt-4o"}, "headers": auth}, 404, "model_not_found"),
+        ("bad base64", with_url("data:image/png;base64,iVBOR@@@"), 400, "invalid_base64"),
+        ("not base64 data url", with_url("data:text/plain,hello"), 400, "invalid_image_url"),
+        ("not an image", with_url(data_url(b"<html>not an image</html>")), 400, "invalid_image"),
+        ("truncated png", with_url(data_url(good[: len(good) // 2])), 400, "invalid_image"),
+        ("image over byte limit", with_url(data_url(b"\x89PNG" + b"\0" * 600_000)), 413, "image_too_large"),
+        ("image over pixel limit", with_url(data_url(png_bytes(huge))), 400, "invalid_image"),
+        ("body over limit", {"data": b"x" * 2_000_000, "headers": auth}, 413, "request_too_large"),
+        ("too many images", {"json": two_images, "headers": auth}, 400, "too_many_images"),
+        ("no image", {"json": {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}, "headers": auth}, 400, "missing_image"),
+        ("remote url refused", with_url("http://169.254.169.254/latest/meta-data"), 400, "remote_image_disabled"),
+        ("allowlisted port only", with_url(f"http://localhost:{image_host.split(':')[1]}/image.png"), 400, "remote_image_disabled"),
+        ("remote 404", with_url(f"http://{image_host}/missing.png"), 400, "image_fetch_failed"),
+        ("budget below range", with_url(data_url(good), hired={"budget": 10}), 400, "budget_out_of_range"),
+        ("budget above range", with_url(data_url(good), hired={"budget": 5000}), 400, "budget_out_of_range"),
+        ("budget not a number", with_url(data_url(good), hired={"budget": "lots"}), 400, "invalid_budget"),
+        ("method not allowed", with_url(data_url(good), hired={"method": "prumerge"}), 400, "method_not_allowed"),
+        ("max_tokens too large", with_url(data_url(good), max_tokens=1000), 400, "invalid_value"),
+        ("no api key", {"json": chat_body(data_url(good))}, 401, "invalid_api_key"),
+        ("wrong api key", {"json": chat_body(data_url(good)), "headers": {"Authorization": "Bearer nope"}}, 401, "invalid_api_key"),
+    ]
+
+
+@pytest.mark.slow
+def test_every_bad_input_gets_its_error_and_the_server_keeps_serving(server, image_host, images, direct):
+    import requests
+
+    good = chat_body(data_url(png_bytes(images[1])))
+    expected = direct(images[1]).text
+    for name, kwargs, status, code in _bad_cases(image_host):
+        reply = requests.post(f"{server}/v1/chat/completions", timeout=60, **kwargs)
+        assert reply.status_code == status, (name, reply.text)
+        error = reply.json()["error"]
+        assert error["code"] == code and error["message"] and error["type"] == "invalid_request_error", (name, error)
+        assert set(error) == {"message", "type", "param", "code"}, name
+        after = requests.post(f"{server}/v1/chat/completions", json=good, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+        assert after.status_code == 200 and after.json()["choices"][0]["message"]["content"] == expected, name
+
+
+@pytest.mark.slow
+def test_allowlisted_remote_image_equals_direct_api(client, image_host, images, direct):
+    reply = client.chat.completions.create(
+        model=MODEL, messages=chat_body(f"http://{image_host}/image.png")["messages"], max_tokens=8
+    )
+    assert reply.choices[0].message.content == direct(images[0]).text
+
+
+@pytest.mark.slow
+def test_models_health_and_auth(client, server):
+    import requests
+
+    assert [m.id for m in client.models.list().data] == [MODEL]
+    health = requests.get(f"{server}/health", timeout=30)
+    assert health.status_code == 200 and health.json()["max_visual_tokens"] == MAX_VISUAL
+    assert requests.get(f"{server}/v1/models", timeout=30).status_code == 401
+    missing = requests.get(f"{server}/v1/nothing", headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
