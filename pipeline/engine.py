@@ -179,8 +179,9 @@ class HiredVLM:
         inner = getattr(model, "model", model)
         self.projector = inner.multi_modal_projector
         self.image_newline = getattr(inner, "image_newline", None)
-        self.device = next(model.parameters()).device
-        self.dtype = next(model.parameters()).dtype
+        # the projector lives in both halves of a split deployment (see loading.keep_half)
+        self.device = next(self.projector.parameters()).device
+        self.dtype = next(self.projector.parameters()).dtype
 
     @classmethod
     def from_pretrained(

@@ -72,6 +72,25 @@ def load_model(name: str = DEFAULT_MODEL, device: str | None = None, dtype: str 
     return model.to(target).eval(), processor
 
 
+def keep_half(model: torch.nn.Module, half: str) -> torch.nn.Module:
+    """Free the half of a LLaVA model that a split deployment never runs.
+
+    ``half="vision"`` keeps the tower and projector (a vision actor); ``"language"`` keeps the
+    projector and the LLM (generation from embeddings never runs the tower). The freed modules move
+    to the meta device: no memory, and the model's structure stays intact.
+    """
+    inner = getattr(model, "model", model)
+    if half == "vision":
+        inner.language_model.to("meta")
+        if getattr(model, "lm_head", None) is not None:
+            model.lm_head.to("meta")
+    elif half == "language":
+        inner.vision_tower.to("meta")
+    else:
+        raise ValueError(f"half must be 'vision' or 'language', got {half!r}")
+    return model
+
+
 def load_image_processor(name: str = DEFAULT_MODEL):
     """Only the image processor of ``name``: what CPU decode tasks need, without the weights."""
     builtin = parse_builtin(name)

@@ -83,6 +83,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -97,7 +98,7 @@ from hired_ops import BUDGETED, METHODS, Budget, DropConfig
 
 from .engine import EncodedImage, GenerateOptions, HiredVLM, truncate_at_stop
 from .images import DecodeLimits, ImageDecodeError, decode_image
-from .loading import DEFAULT_MODEL
+from .loading import DEFAULT_MODEL, keep_half
 
 logger = logging.getLogger("ray.serve")
 
@@ -744,17 +745,6 @@ class _ModelReplica:
         return {"max_visual_tokens": self.max_visual_tokens, "batches": self.stats.snapshot()}
 
 
-def _release_language_half(model: Any) -> None:
-    """Free the LLM weights in the vision replica (moved to the meta device: no memory)."""
-    model.model.language_model.to("meta")
-    model.lm_head.to("meta")
-
-
-def _release_vision_half(model: Any) -> None:
-    """Free the vision tower in the LLM replica; generation from embeddings never runs it."""
-    model.model.vision_tower.to("meta")
-
-
 def _raise_if_error(value: T | BaseException) -> T:
     if isinstance(value, BaseException):
         raise value
@@ -768,7 +758,7 @@ class HiredVision(_ModelReplica):
     role = "vision"
 
     def __init__(self, config: ServeConfig) -> None:
-        super().__init__(config, config.vision, _release_language_half)
+        super().__init__(config, config.vision, partial(keep_half, half="vision"))
         self._encode_batch.set_max_batch_size(config.max_batch_size)
         self._encode_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
 
@@ -801,7 +791,7 @@ class HiredLLM(_ModelReplica):
     role = "llm"
 
     def __init__(self, config: ServeConfig) -> None:
-        super().__init__(config, config.llm, _release_vision_half)
+        super().__init__(config, config.llm, partial(keep_half, half="language"))
         self._generate_batch.set_max_batch_size(config.max_batch_size)
         self._generate_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
 

@@ -20,7 +20,7 @@ from .batching import padding_fraction, plan_batches
 from .config import JobConfig
 from .engine import EncodedImage, HiredVLM
 from .images import DecodeLimits, decode_image
-from .loading import load_model
+from .loading import keep_half, load_model
 from .sources import read_bytes
 from .tracking import peak_memory_stats
 
@@ -108,18 +108,16 @@ class _ModelActor:
     """Shared set-up of the two actor stages: threads, model, and memory reporting."""
 
     role = "actor"
+    half = "vision"  # which part of the model the actor runs; see keep_half
 
     def __init__(self, config: JobConfig, num_cpus: float) -> None:
         # Ray sets OMP threads from num_cpus (at least 1) and reuses workers; be explicit.
         torch.set_num_threads(max(1, round(num_cpus)))
         self.config = config
         model, processor = load_model(config.model, device=config.device, dtype=config.dtype, seed=config.seed)
-        self.strip(model)
+        keep_half(model, self.half)
         self.vlm = HiredVLM(model, processor, config.drop_config(), config.transfer_dtype)
         self.name = f"{self.role}-{os.getpid()}"
-
-    def strip(self, model: torch.nn.Module) -> None:
-        """Drop the half of the model this actor never runs, to halve its memory."""
 
     def bookkeeping_columns(self, count: int, started: float) -> dict[str, np.ndarray]:
         """Actor name, its peak memory so far, and the wall-clock span of this call (for the
@@ -137,12 +135,7 @@ class VisionStage(_ModelActor):
     """Vision tower + token dropping. Adds the ``enc_*`` columns and ``vision_s``."""
 
     role = "vision"
-
-    def strip(self, model: torch.nn.Module) -> None:
-        inner = getattr(model, "model", model)
-        inner.language_model = None
-        if hasattr(model, "lm_head"):
-            model.lm_head = None
+    half = "vision"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         called = time.time()
@@ -195,10 +188,7 @@ class LLMStage(_ModelActor):
     """Projector, prompt assembly and batched generation on fixed-length groups."""
 
     role = "llm"
-
-    def strip(self, model: torch.nn.Module) -> None:
-        inner = getattr(model, "model", model)
-        inner.vision_tower = None
+    half = "language"
 
     def __init__(self, config: JobConfig, num_cpus: float) -> None:
         super().__init__(config, num_cpus)

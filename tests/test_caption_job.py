@@ -107,9 +107,9 @@ def test_every_input_once_broken_ones_with_errors(tmp_path, ray_local):
             assert row["visual_tokens"] == 576 and sum(row["partition_budgets"]) == 576
             assert row["method"] == "hired" and row["budget"] == "0.2"
             assert row["feature_bytes"] == 576 * 32 * 2  # kept fp16 features of a 32-wide tower
-    assert "DecompressionBomb" in next(r["error"] for r in rows if r["id"] == "bomb.png") or "pixels" in next(
-        r["error"] for r in rows if r["id"] == "bomb.png"
-    )
+    errors = {r["id"]: r["error"] for r in rows}
+    assert "decompression-bomb" in errors["bomb.png"]
+    assert "empty" in errors["zero.jpg"]
 
 
 def test_pipeline_output_equals_direct_api(tmp_path, ray_local, tiny_next):
