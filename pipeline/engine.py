@@ -150,6 +150,8 @@ class _FirstTokenClock:
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if self.first is None:
+            if scores.is_cuda:  # kernels run ahead of the host: wait until the prefill is done
+                torch.cuda.synchronize(scores.device)
             self.first = time.perf_counter()
         return scores
 
@@ -285,6 +287,8 @@ class HiredVLM:
             logits_processor=[clock],
             pad_token_id=self.tokenizer.pad_token_id,
         )
+        if output.is_cuda:
+            torch.cuda.synchronize(output.device)
         end = time.perf_counter()
         ttft = (clock.first or end) - start
         results = []

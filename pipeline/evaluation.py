@@ -1,0 +1,594 @@
+"""The accuracy sweep behind ``hired evaluate``: methods x budgets on a labelled set, scored the
+way the paper's Table 3 is.
+
+**The labelled set** is one manifest, Parquet or JSON lines, local or any fsspec URL. Per row:
+an image (any column :func:`pipeline.sources.list_inputs` reads: ``image``, ``path``, inline
+bytes, ...), a ``question``, and the labels the task scores against:
+
+* ``vqa``, ``docvqa``, ``chartqa``, ``pope``, ``exact``: ``answers`` (a list of reference
+  answers, or one string; ``answer`` is accepted instead);
+* ``multiple_choice``: ``choices`` (a list) and ``answer`` (a letter, a 0-based index or the
+  choice's text).
+
+The task (:data:`pipeline.scoring.TASKS`) sets the prompt and the metric. It is named by the
+caller, or by the manifest's ``task`` column when every row names the same one. The task's
+prompt replaces any ``prompt`` column: the prompt is part of the benchmark's definition.
+
+**A setting** is a method, with a budget for the budgeted methods (``hired``, ``spatial``,
+``random``); ``full`` and the PruMerge family choose their own token count, so a sweep runs them
+once whatever the budgets. Each setting runs :func:`pipeline.job.run_job` over every row into
+``<output>/<setting>/`` (e.g. ``outputs/eval/hired-0.2/``), then its written answers are scored.
+
+**Scoring.** Every row that produced an answer is scored with the task's scorer; the headline
+numbers are :func:`pipeline.scoring.aggregate` of those scores (for ``pope``: accuracy,
+precision, recall, F1 and yes-ratio). Rows whose image failed to decode have no answer: they are
+left out of the scores and counted as ``failed_rows``, with a warning.
+
+**Resuming.** As with captioning, re-running into the same output skips rows already written, and
+the scores cover all rows of the set found in the setting's folder. Each setting's folder keeps
+an ``_setting.json`` of everything that changes answers (model, method, budget, decoding, task, ...);
+resuming into a folder written with different values is an error, as mixing answers of two
+configurations would give a wrong score. ``resume=False`` redoes every row and scores only those.
+
+**MLflow.** One parent run (tag ``hired.kind=evaluate-sweep``; params ``task``, ``dataset``,
+``model``, ``methods``, ``budgets``; the table as ``table.csv`` and ``table.md``; the headline
+metric per setting as ``<metric>.<setting>``), and one child run per setting (tag
+``hired.kind=evaluate``) with the job's params plus ``task`` and ``setting``, the job's metrics
+(:func:`pipeline.tracking.job_metrics`) plus the task's metrics and ``scored_rows`` /
+``failed_rows``, and ``eval/predictions.json`` (each row's answer and score). ``hired compare``
+reads the child runs as it reads any job run.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+import posixpath
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from fsspec.utils import infer_compression
+
+from hired_ops import BUDGETED, METHODS, Budget
+
+from .config import JobConfig
+from .scoring import TaskSpec, aggregate, get_task
+from .sources import InputRow, list_inputs, resolve_storage_options
+from .tracking import KIND_TAG, JobRun, TrackingConfig, flatten_params, log_job_results, start_job_run
+
+logger = logging.getLogger(__name__)
+
+SWEEP_KIND = "evaluate-sweep"
+SETTING_KIND = "evaluate"
+# The leading underscore keeps it out of Parquet dataset readers (pyarrow, pandas, Spark skip "_*").
+SETTING_FILE = "_setting.json"
+PREDICTIONS_ARTIFACT = "eval/predictions.json"
+TABLE_CSV = "table.csv"
+TABLE_MARKDOWN = "table.md"
+
+# Columns of a labelled manifest that scoring reads (the image columns are list_inputs' business).
+LABEL_COLUMNS = ("id", "question", "answers", "answer", "choices", "task")
+_JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
+# Fields of a setting's JobConfig that change its answers; resuming across a change is refused.
+_ANSWER_FIELDS = (
+    "model", "method", "budget", "alpha", "l_init", "l_final", "newlines",
+    "max_new_tokens", "temperature", "dtype", "seed",
+)
+_METHOD_LABELS = {
+    "hired": "HiRED",
+    "full": "Full",
+    "spatial": "Spatial",
+    "random": "Random",
+    "prumerge": "PruMerge",
+    "prumerge+": "PruMerge+",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# The grid: methods x budgets
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One point of a sweep: a method and, for the budgeted methods, its budget.
+
+    ``budget`` is kept as the user wrote it after normalisation by :meth:`Budget.parse`
+    (``"0.2"`` a fraction of the model's maximum, ``"576"`` tokens); it is ``None`` for methods
+    that choose their own count.
+    """
+
+    method: str
+    budget: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}: choose from {', '.join(METHODS)}")
+        if self.method in BUDGETED:
+            if self.budget is None:
+                raise ValueError(f"method {self.method!r} needs a budget (e.g. 0.2 or 576)")
+            object.__setattr__(self, "budget", str(Budget.parse(self.budget)))
+        elif self.budget is not None:
+            raise ValueError(f"method {self.method!r} chooses its own token count: give it no budget")
+
+    @property
+    def name(self) -> str:
+        """Folder and run name: ``hired-0.2``, ``spatial-576``, ``full``."""
+        return self.method if self.budget is None else f"{self.method}-{self.budget}"
+
+    @property
+    def label(self) -> str:
+        """Row label as the paper writes it: ``HiRED 20%``, ``Spatial 576 tokens``, ``Full``."""
+        method = _METHOD_LABELS[self.method]
+        if self.budget is None:
+            return method
+        budget = Budget.parse(self.budget)
+        amount = f"{budget.fraction * 100:g}%" if budget.fraction is not None else f"{budget.tokens} tokens"
+        return f"{method} {amount}"
+
+
+def sweep(methods: Sequence[str], budgets: Sequence[str]) -> tuple[Setting, ...]:
+    """The settings of a methods x budgets sweep, in the order given, without repeats.
+
+    Budgeted methods get one setting per budget; the others one setting in all, since a budget
+    does not change them (a sweep of ``hired,full`` over ``0.2,0.4`` is three settings).
+    """
+    if not methods:
+        raise ValueError("a sweep needs at least one method")
+    if not budgets and any(method in BUDGETED for method in methods):
+        raise ValueError(f"methods {sorted(set(methods) & BUDGETED)} need at least one budget")
+    settings: list[Setting] = []
+    for method in methods:
+        if method in BUDGETED:
+            settings.extend(Setting(method, budget) for budget in budgets)
+        else:
+            settings.append(Setting(method))
+    return tuple(dict.fromkeys(settings))
+
+
+# --------------------------------------------------------------------------------------------
+# The labelled set
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LabelledSet:
+    """A labelled manifest, ready to run: inputs with the task's prompts, and their labels.
+
+    Attributes:
+        manifest: where it was read from.
+        task: the task that prompts and scores it.
+        inputs: one per row, ``prompt`` set to the task's prompt for that row.
+        labels: by row id, what the task's scorer reads (``question`` and ``answers`` /
+            ``answer`` / ``choices``).
+    """
+
+    manifest: str
+    task: TaskSpec
+    inputs: tuple[InputRow, ...]
+    labels: Mapping[str, Mapping[str, Any]]
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            raise ValueError(f"labelled set {self.manifest!r} has no rows")
+        missing = [row.id for row in self.inputs if row.id not in self.labels]
+        if missing:
+            raise ValueError(f"rows without labels: {missing[:5]}")
+
+
+def _manifest_format(uri: str) -> str:
+    """``"parquet"`` or ``"json"`` from the file name (JSON may be compressed, ``rows.jsonl.gz``)."""
+    name = posixpath.basename(uri.split("?", 1)[0].rstrip("/")).lower()
+    if infer_compression(name) is not None:
+        name = posixpath.splitext(name)[0]
+    if name.endswith(".parquet"):
+        return "parquet"
+    if name.endswith(_JSON_SUFFIXES):
+        return "json"
+    raise ValueError(
+        f"evaluation input {uri!r} is not a manifest: hired evaluate reads one Parquet or JSON lines "
+        "file (.parquet, .jsonl) with columns image, question and answers (or choices and answer)"
+    )
+
+
+def _label_records(uri: str, fmt: str, storage_options: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The label columns of every manifest row, in file order (the order list_inputs yields)."""
+    options = resolve_storage_options(uri, storage_options)
+    if fmt == "parquet":
+        with fsspec.open(uri, "rb", **options) as handle:
+            parquet = pq.ParquetFile(handle)
+            columns = [name for name in LABEL_COLUMNS if name in parquet.schema_arrow.names]
+            # only the label columns: the same file may hold every image inline
+            return parquet.read(columns=columns).to_pylist()
+    with fsspec.open(uri, "rt", encoding="utf-8", compression="infer", **options) as handle:
+        text = handle.read()
+    if text.lstrip().startswith("["):  # a JSON array of objects, which list_inputs accepts too
+        records = json.loads(text)
+    else:
+        records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [{name: record.get(name) for name in LABEL_COLUMNS} for record in records]
+
+
+def _resolve_task(requested: str | None, named: set[str], uri: str) -> TaskSpec:
+    if requested is not None:
+        task = get_task(requested)
+        if named and named != {task.name}:
+            logger.warning("manifest %s names task(s) %s; evaluating as %r as asked", uri, sorted(named), task.name)
+        return task
+    if not named:
+        raise ValueError(
+            f"no task given and manifest {uri!r} has no 'task' column: pass --task "
+            "(vqa, docvqa, chartqa, multiple_choice, pope or exact)"
+        )
+    if len(named) > 1:
+        raise ValueError(f"manifest {uri!r} mixes tasks {sorted(named)}: pass --task, or split it by task")
+    return get_task(named.pop())
+
+
+def _label(row_id: str, record: Mapping[str, Any]) -> dict[str, Any]:
+    """What the scorers read, with absent columns left out (the scorers test for presence)."""
+    label = {"id": row_id}
+    for name in ("question", "answers", "answer", "choices"):
+        value = record.get(name)
+        if value is not None:
+            label[name] = list(value) if isinstance(value, (list, tuple)) else value
+    return label
+
+
+def load_labelled_set(
+    manifest: str,
+    task: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    limit: int | None = None,
+) -> LabelledSet:
+    """Read a labelled manifest and check every row can be prompted and scored.
+
+    Args:
+        manifest: a ``.parquet`` or ``.jsonl`` file, local or any fsspec URL.
+        task: a :data:`pipeline.scoring.TASKS` name; ``None`` takes the manifest's ``task`` column.
+        storage_options: fsspec options for the manifest's filesystem.
+        limit: the first this many rows only.
+
+    Raises:
+        ValueError: not a manifest, unknown or missing task, a row without a question or
+            without the labels its task scores against (the message names the row).
+    """
+    fmt = _manifest_format(manifest)
+    inputs = list_inputs(manifest, dict(storage_options) if storage_options else None, limit=limit)
+    records = _label_records(manifest, fmt, storage_options)[: len(inputs)]
+    if len(records) != len(inputs):
+        raise ValueError(f"manifest {manifest!r}: {len(inputs)} image rows but {len(records)} label rows")
+    spec = _resolve_task(task, {str(r["task"]) for r in records if r.get("task")}, manifest)
+    labels: dict[str, dict[str, Any]] = {}
+    prompted: list[InputRow] = []
+    for row, record in zip(inputs, records):
+        label = _label(row.id, record)
+        if not str(label.get("question") or "").strip():
+            raise ValueError(f"manifest {manifest!r}, row {row.id!r}: no question")
+        try:
+            prompt = spec.build_prompt(label)
+            # scoring an empty reply runs every check the real reply will meet: labels present,
+            # the answer one of the choices, POPE labels yes or no
+            spec.score("", label)
+        except (KeyError, ValueError) as error:
+            needs = "'choices' and 'answer'" if spec.name == "multiple_choice" else "'answers'"
+            raise ValueError(
+                f"manifest {manifest!r}, row {row.id!r} cannot be scored as task {spec.name!r} "
+                f"(it needs {needs}): {error}"
+            ) from None
+        labels[row.id] = label
+        prompted.append(dataclasses.replace(row, prompt=prompt))
+    return LabelledSet(manifest, spec, tuple(prompted), labels)
+
+
+# --------------------------------------------------------------------------------------------
+# The sweep
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """An evaluation sweep. Validated at construction.
+
+    Attributes:
+        job: the job every setting runs: ``input`` is the labelled manifest, ``output`` the root
+            folder (each setting writes to ``<output>/<setting name>``), ``limit`` the number of
+            manifest rows to evaluate, ``resume`` whether to keep answers already written; its
+            own method and budget are replaced by each setting's.
+        settings: the grid, e.g. from :func:`sweep`.
+        task: a task name; ``None`` takes the manifest's ``task`` column.
+    """
+
+    job: JobConfig
+    settings: tuple[Setting, ...]
+    task: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.settings:
+            raise ValueError("an evaluation needs at least one setting")
+        names = [s.name for s in self.settings]
+        if len(set(names)) != len(names):
+            raise ValueError(f"settings repeat: {names}")
+        if self.task is not None:
+            get_task(self.task)
+
+    def setting_job(self, setting: Setting) -> JobConfig:
+        """The job of one setting: its method, budget and folder; the manifest limit is applied
+        when the rows are listed, not again by the job."""
+        return dataclasses.replace(
+            self.job,
+            method=setting.method,
+            budget=setting.budget,
+            output=f"{self.job.output.rstrip('/')}/{setting.name}",
+            limit=None,
+        )
+
+
+@dataclass
+class SettingResult:
+    """One setting's scores.
+
+    Attributes:
+        setting: the method and budget.
+        output: its folder of Parquet answers.
+        metrics: the task's headline numbers (:func:`pipeline.scoring.aggregate`), in [0, 1].
+        scored_rows, failed_rows: rows scored; rows without an answer (image failed).
+        visual_tokens_mean: visual tokens kept per image, over the scored rows.
+        generated_tokens_per_s: of this run's job (rows resumed from earlier runs not counted).
+        new_rows: rows answered by this run (the rest were resumed).
+        run_id: the child MLflow run, ``None`` when not tracked.
+        predictions: per row ``{"id", "prediction", "score"}``, or ``"error"`` for failed rows.
+    """
+
+    setting: Setting
+    output: str
+    metrics: dict[str, float]
+    scored_rows: int
+    failed_rows: int
+    visual_tokens_mean: float | None
+    generated_tokens_per_s: float
+    new_rows: int
+    run_id: str | None
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class EvalReport:
+    """A finished sweep: one :class:`SettingResult` per setting, in the sweep's order."""
+
+    manifest: str
+    task: TaskSpec
+    results: list[SettingResult]
+    parent_run_id: str | None = None
+
+    @property
+    def metric_names(self) -> list[str]:
+        """Metric columns, the task's headline metric first."""
+        names = list(dict.fromkeys(name for result in self.results for name in result.metrics))
+        return sorted(names, key=lambda name: name != self.task.metric)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The table as dicts: setting, method, budget, visual tokens, metrics (fractions), counts."""
+        return [
+            {
+                "setting": r.setting.name,
+                "label": r.setting.label,
+                "method": r.setting.method,
+                "budget": r.setting.budget or "",
+                "visual_tokens_mean": r.visual_tokens_mean,
+                **{name: r.metrics.get(name) for name in self.metric_names},
+                "scored_rows": r.scored_rows,
+                "failed_rows": r.failed_rows,
+                "generated_tokens_per_s": r.generated_tokens_per_s,
+                "run_id": r.run_id or "",
+            }
+            for r in self.results
+        ]
+
+    def to_csv(self) -> str:
+        """All columns, metrics as fractions in [0, 1]."""
+        rows = self.rows()
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        return buffer.getvalue()
+
+    def to_markdown(self) -> str:
+        """The paper's Table 3 layout: one row per setting, metrics in percent."""
+        header = ["Method", "visual tokens", *self.metric_names, "scored", "failed"]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for r in self.results:
+            tokens = "-" if r.visual_tokens_mean is None else f"{r.visual_tokens_mean:.0f}"
+            metrics = ["-" if r.metrics.get(n) is None else f"{100 * r.metrics[n]:.1f}" for n in self.metric_names]
+            cells = [r.setting.label, tokens, *metrics, str(r.scored_rows), str(r.failed_rows)]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+
+def _fingerprint(job: JobConfig, labelled: LabelledSet) -> dict[str, Any]:
+    values = job.to_dict()
+    return {
+        **{name: values[name] for name in _ANSWER_FIELDS},
+        "task": labelled.task.name,
+        "prompt_template": labelled.task.prompt_template,
+    }
+
+
+def _check_setting_folder(fs: fsspec.AbstractFileSystem, root: str, expected: dict[str, Any], resume: bool) -> None:
+    """Refuse to resume into answers of another configuration; record this one."""
+    path = f"{root}/{SETTING_FILE}"
+    if resume and fs.exists(path):
+        with fs.open(path, "r") as handle:
+            found = json.load(handle)
+        changed = sorted(key for key in set(found) | set(expected) if found.get(key) != expected.get(key))
+        if changed:
+            detail = ", ".join(f"{key}: {found.get(key)!r} there, {expected.get(key)!r} now" for key in changed)
+            raise ValueError(
+                f"{root} holds answers of another configuration ({detail}): choose another --output, "
+                "or pass --no-resume to answer every row again"
+            )
+    fs.makedirs(root, exist_ok=True)
+    with fs.open(path, "w") as handle:
+        json.dump(expected, handle, indent=2)
+
+
+def _earlier_answers(fs: fsspec.AbstractFileSystem, root: str, skip: set[str]) -> list[pa.Table]:
+    """Rows written to ``root`` by earlier runs, ids in ``skip`` left out.
+
+    Part files are named ``part-<start time>-...``, so in name order a later run's answer to
+    an id replaces an earlier one's.
+    """
+    tables: list[pa.Table] = []
+    for path in sorted(fs.glob(f"{root}/part-*.parquet")):
+        with fs.open(path, "rb") as handle:
+            table = pq.read_table(handle)
+        tables.append(table.filter(pc.invert(pc.is_in(table["id"], value_set=pa.array(sorted(skip), pa.string())))))
+    if not tables:
+        return []
+    merged = pa.concat_tables(tables, promote_options="permissive")
+    latest = {row["id"]: row for row in merged.to_pylist()}
+    return [pa.Table.from_pylist(list(latest.values()), schema=merged.schema)] if latest else []
+
+
+def score_answers(labelled: LabelledSet, answers: pa.Table) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Score a table of answers (``id``, ``text``, ``error`` columns) against the labels.
+
+    Returns:
+        ``(metrics, predictions)``: the task's headline numbers over the rows with an answer,
+        plus ``scored_rows`` and ``failed_rows``; and per row of the set ``{"id", "prediction",
+        "score"}`` (or ``{"id", "error"}``), in the set's order.
+
+    Raises:
+        RuntimeError: a row of the set has no answer row at all (a job must write one per input).
+    """
+    by_id = {row["id"]: row for row in answers.select(["id", "text", "error"]).to_pylist()}
+    missing = [row.id for row in labelled.inputs if row.id not in by_id]
+    if missing:
+        raise RuntimeError(f"{len(missing)} rows have no answer in the output (first: {missing[:3]})")
+    predictions: list[dict[str, Any]] = []
+    texts: list[str] = []
+    scores: list[float] = []
+    labels: list[Mapping[str, Any]] = []
+    for row in labelled.inputs:
+        answer = by_id[row.id]
+        if answer["error"] is not None:
+            predictions.append({"id": row.id, "error": answer["error"]})
+            continue
+        text = answer["text"] or ""
+        score = labelled.task.score(text, labelled.labels[row.id])
+        predictions.append({"id": row.id, "prediction": text, "score": score})
+        texts.append(text)
+        scores.append(score)
+        labels.append(labelled.labels[row.id])
+    metrics = aggregate(labelled.task, scores, texts, labels)
+    metrics.update(scored_rows=float(len(scores)), failed_rows=float(len(predictions) - len(scores)))
+    return metrics, predictions
+
+
+def _run_setting(
+    config: EvalConfig, labelled: LabelledSet, setting: Setting, tracking: TrackingConfig, parent: JobRun
+) -> SettingResult:
+    from .job import run_job  # the job driver imports the Ray stages; only running needs them
+
+    job = config.setting_job(setting)
+    fs, root = fsspec.core.url_to_fs(job.output, **resolve_storage_options(job.output, job.storage_options))
+    root = root.rstrip("/")
+    _check_setting_folder(fs, root, _fingerprint(job, labelled), job.resume)
+    child_tracking = dataclasses.replace(
+        tracking, run_name=setting.name, tags={**tracking.tags, KIND_TAG: SETTING_KIND}
+    )
+    params = {
+        **flatten_params(job.to_dict()),
+        "dataset": labelled.manifest,
+        "task": labelled.task.name,
+        "setting": setting.name,
+        "prompt_template": labelled.task.prompt_template,
+        "rows": len(labelled.inputs),
+    }
+    with start_job_run(child_tracking, params, parent_run_id=parent.run_id) as run:
+        summary = run_job(job, rows=list(labelled.inputs))
+        new_ids = set(summary.table.column("id").to_pylist())
+        earlier = _earlier_answers(fs, root, new_ids) if job.resume else []
+        answers = pa.concat_tables([*earlier, summary.table], promote_options="permissive")
+        answers = answers.filter(pc.is_in(answers["id"], value_set=pa.array(list(labelled.labels), pa.string())))
+        metrics, predictions = score_answers(labelled, answers)
+        if metrics["failed_rows"]:
+            logger.warning(
+                "%s: %d rows had no answer (image failed) and are not scored", setting.name, metrics["failed_rows"]
+            )
+        job_metrics = log_job_results(
+            run, summary.table, summary.wall_s, summary.actor_stats, job.to_dict(), summary.figures, metrics
+        )
+        run.log_params({"images": summary.table.num_rows})
+        run.log_json(predictions, PREDICTIONS_ARTIFACT)
+    ok = answers.filter(pc.is_null(answers["error"]))
+    tokens = pc.mean(ok["visual_tokens"]).as_py() if ok.num_rows else None
+    return SettingResult(
+        setting=setting,
+        output=job.output,
+        metrics={k: v for k, v in metrics.items() if k not in ("scored_rows", "failed_rows")},
+        scored_rows=int(metrics["scored_rows"]),
+        failed_rows=int(metrics["failed_rows"]),
+        visual_tokens_mean=None if tokens is None else float(tokens),
+        generated_tokens_per_s=job_metrics["generated_tokens_per_s"],
+        new_rows=summary.table.num_rows,
+        run_id=run.run_id,
+        predictions=predictions,
+    )
+
+
+def run_evaluation(
+    config: EvalConfig,
+    tracking: TrackingConfig,
+    on_result: Callable[[SettingResult], None] | None = None,
+) -> EvalReport:
+    """Run every setting of the sweep on the labelled set and score it.
+
+    Args:
+        config: the sweep.
+        tracking: where the parent and child runs go (its ``run_name`` names the parent).
+        on_result: called after each setting, e.g. to print progress.
+
+    Returns:
+        the report, whose :meth:`EvalReport.to_markdown` is the Table-3-style table.
+    """
+    job = config.job
+    labelled = load_labelled_set(job.input, config.task, job.storage_options, job.limit)
+    parent_tracking = dataclasses.replace(
+        tracking,
+        run_name=tracking.run_name or f"evaluate-{labelled.task.name}",
+        tags={**tracking.tags, KIND_TAG: SWEEP_KIND},
+        log_system_metrics=False,  # the child runs record the machine while the work happens
+    )
+    parent_params = {
+        "task": labelled.task.name,
+        "dataset": labelled.manifest,
+        "model": job.model,
+        "methods": ",".join(dict.fromkeys(s.method for s in config.settings)),
+        "budgets": ",".join(dict.fromkeys(s.budget for s in config.settings if s.budget is not None)),
+        "settings": ",".join(s.name for s in config.settings),
+        "rows": len(labelled.inputs),
+        "max_new_tokens": job.max_new_tokens,
+        "output": job.output,
+    }
+    results: list[SettingResult] = []
+    with start_job_run(parent_tracking, parent_params) as parent:
+        for setting in config.settings:
+            result = _run_setting(config, labelled, setting, tracking, parent)
+            results.append(result)
+            parent.log_metrics({f"{name}.{setting.name}": value for name, value in result.metrics.items()})
+            if on_result is not None:
+                on_result(result)
+        report = EvalReport(labelled.manifest, labelled.task, results, parent.run_id)
+        parent.log_text(report.to_csv(), TABLE_CSV)
+        parent.log_text(report.to_markdown() + "\n", TABLE_MARKDOWN)
+    return report
