@@ -113,4 +113,6 @@ def run(args: argparse.Namespace) -> int:
         summary = run_job(config)
         tracker.log_summary(summary, summary.figures)
     print(summary.describe())
+    if tracker.run.enabled:
+        print(f"MLflow run {tracker.run.run_id} in {tracker.run.tracking_uri}")
     return 0
