@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -591,3 +592,37 @@ def test_compare_without_accuracy_and_with_mixed_budget_units(job_output, tmp_pa
         rows = list(csv.DictReader(handle))
     mean_kept = successful(table, "visual_tokens").mean()
     assert {(row["budget_unit"], float(row["budget_x"])) for row in rows} == {("kept", mean_kept)}
+
+
+@pytest.mark.slow
+def test_caption_job_run_matches_its_parquet_output(backend, tmp_path, ray_local):
+    """`hired caption` end to end: the MLflow run's numbers are the Parquet rows' numbers."""
+    from mlflow import MlflowClient
+
+    from jobs.cli import main
+
+    uri, _ = backend
+    out = tmp_path / "captions"
+    samples = Path(__file__).resolve().parents[1] / "samples" / "images"
+    code = main([
+        "caption", str(samples), "--output", str(out), "--tracking-uri", uri, "--experiment", "e2e",
+        "--run-name", "caption-e2e", "--max-new-tokens", "4", "--budget", "300",
+    ])  # fmt: skip
+    assert code == 0
+    rows = pq.read_table(out).to_pylist()
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("e2e")
+    (run,) = client.search_runs([experiment.experiment_id], "attributes.run_name = 'caption-e2e'")
+    params, metrics = run.data.params, run.data.metrics
+    assert params["method"] == "hired" and params["budget"] == "300" and params["model"] == "hired/tiny-llava-next"
+    assert int(params["images"]) == len(rows) == 8
+    ok = [r for r in rows if r["error"] is None]
+    assert metrics["visual_tokens_mean"] == pytest.approx(np.mean([r["visual_tokens"] for r in ok])) == 300
+    assert metrics["errors"] == len(rows) - len(ok)
+    assert metrics["ttft_p50_s"] == pytest.approx(np.median([r["ttft_s"] for r in ok]), rel=1e-4)
+    assert metrics["peak_host_mem_mb_max"] > 0
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.json", "plots", "samples", "kept_patches"} <= names
+    figures = client.list_artifacts(run.info.run_id, "kept_patches")
+    assert len(figures) == 4
+    assert_png(download(client, run.info.run_id, figures[0].path, tmp_path))
