@@ -74,8 +74,6 @@ PREDICTIONS_ARTIFACT = "eval/predictions.json"
 TABLE_CSV = "table.csv"
 TABLE_MARKDOWN = "table.md"
 
-# Columns of a labelled manifest that scoring reads (the image columns are list_inputs' business).
-LABEL_COLUMNS = ("id", "question", "answers", "answer", "choices", "task")
 _JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
 # Fields of a setting's JobConfig that change its answers; resuming across a change is refused.
 _ANSWER_FIELDS = (
@@ -199,24 +197,6 @@ def _manifest_format(uri: str) -> str:
     )
 
 
-def _label_records(uri: str, fmt: str, storage_options: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """The label columns of every manifest row, in file order (the order list_inputs yields)."""
-    options = resolve_storage_options(uri, storage_options)
-    if fmt == "parquet":
-        with fsspec.open(uri, "rb", **options) as handle:
-            parquet = pq.ParquetFile(handle)
-            columns = [name for name in LABEL_COLUMNS if name in parquet.schema_arrow.names]
-            # only the label columns: the same file may hold every image inline
-            return parquet.read(columns=columns).to_pylist()
-    with fsspec.open(uri, "rt", encoding="utf-8", compression="infer", **options) as handle:
-        text = handle.read()
-    if text.lstrip().startswith("["):  # a JSON array of objects, which list_inputs accepts too
-        records = json.loads(text)
-    else:
-        records = [json.loads(line) for line in text.splitlines() if line.strip()]
-    return [{name: record.get(name) for name in LABEL_COLUMNS} for record in records]
-
-
 def _resolve_task(requested: str | None, named: set[str], uri: str) -> TaskSpec:
     if requested is not None:
         task = get_task(requested)
@@ -233,13 +213,13 @@ def _resolve_task(requested: str | None, named: set[str], uri: str) -> TaskSpec:
     return get_task(named.pop())
 
 
-def _label(row_id: str, record: Mapping[str, Any]) -> dict[str, Any]:
+def _label(row: InputRow) -> dict[str, Any]:
     """What the scorers read, with absent columns left out (the scorers test for presence)."""
-    label = {"id": row_id}
+    label: dict[str, Any] = {"id": row.id}
     for name in ("question", "answers", "answer", "choices"):
-        value = record.get(name)
+        value = getattr(row, name)
         if value is not None:
-            label[name] = list(value) if isinstance(value, (list, tuple)) else value
+            label[name] = list(value) if isinstance(value, tuple) else value
     return label
 
 
@@ -261,16 +241,13 @@ def load_labelled_set(
         ValueError: not a manifest, unknown or missing task, a row without a question or
             without the labels its task scores against (the message names the row).
     """
-    fmt = _manifest_format(manifest)
+    _manifest_format(manifest)  # one manifest file, not a folder of unlabelled images
     inputs = list_inputs(manifest, dict(storage_options) if storage_options else None, limit=limit)
-    records = _label_records(manifest, fmt, storage_options)[: len(inputs)]
-    if len(records) != len(inputs):
-        raise ValueError(f"manifest {manifest!r}: {len(inputs)} image rows but {len(records)} label rows")
-    spec = _resolve_task(task, {str(r["task"]) for r in records if r.get("task")}, manifest)
+    spec = _resolve_task(task, {row.task for row in inputs if row.task}, manifest)
     labels: dict[str, dict[str, Any]] = {}
     prompted: list[InputRow] = []
-    for row, record in zip(inputs, records):
-        label = _label(row.id, record)
+    for row in inputs:
+        label = _label(row)
         if not str(label.get("question") or "").strip():
             raise ValueError(f"manifest {manifest!r}, row {row.id!r}: no question")
         try:

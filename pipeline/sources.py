@@ -62,7 +62,7 @@ _JSON_EXTENSIONS = frozenset({".jsonl", ".json", ".ndjson"})
 # holds the encoded image inline.
 PATH_COLUMNS: tuple[str, ...] = ("image", "path", "image_path", "url", "file")
 BYTES_COLUMNS: tuple[str, ...] = ("image_bytes", "bytes")
-_OPTIONAL_COLUMNS: tuple[str, ...] = ("id", "prompt", "question", "answers", "choices")
+_OPTIONAL_COLUMNS: tuple[str, ...] = ("id", "prompt", "question", "answers", "choices", "answer", "task")
 
 _URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 _GLOB_CHARS = ("*", "?", "[")
@@ -108,6 +108,8 @@ class InputRow:
     question: str | None = None
     answers: tuple[str, ...] | None = None
     choices: tuple[str, ...] | None = None
+    answer: str | None = None  # the correct choice (letter, index or text) of a multiple-choice row
+    task: str | None = None  # the evaluation task the manifest names for this row
     image_bytes: bytes | None = None
 
 
@@ -296,7 +298,7 @@ def list_inputs(
       paths being resolved against the manifest's directory on the same
       filesystem, or one of :data:`BYTES_COLUMNS` / an HF ``{"bytes", "path"}``
       struct holding the encoded image; base64 strings in JSON) and optional
-      ``id``, ``prompt``, ``question``, ``answers`` and ``choices`` columns.
+      ``id``, ``prompt``, ``question``, ``answers``, ``choices``, ``answer`` and ``task`` columns.
 
     Row ids are unique: the manifest's ``id`` when present, else derived from
     the path; a repeated id gets ``#2``, ``#3``, ... appended in order.
@@ -645,6 +647,8 @@ def _row_from_record(
         question=_optional_str(record.get("question")),
         answers=_optional_strings(uri, where, "answers", record.get("answers")),
         choices=_optional_strings(uri, where, "choices", record.get("choices")),
+        answer=_optional_str(record.get("answer")),
+        task=_optional_str(record.get("task")),
         image_bytes=data,
     )
 

@@ -14,7 +14,6 @@ import zlib
 from pathlib import Path
 
 import fsspec
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image

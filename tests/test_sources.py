@@ -441,3 +441,14 @@ def test_http_single_file_and_manifest(http_root: str):
     (row,) = list_inputs(f"{http_root}/lists/m.jsonl")
     assert row.path == f"{http_root}/img/square_336x336.jpg" and row.prompt == "hi"
     assert_input_error(f"{http_root}/img/missing.jpg", "does not exist")
+
+
+def test_manifest_label_columns_reach_the_rows(tmp_path):
+    """answer and task travel with each row, so evaluation reads the manifest once."""
+    (tmp_path / "a.png").write_bytes(PNG)
+    (tmp_path / "m.jsonl").write_text(
+        json.dumps({"image": "a.png", "question": "Which?", "choices": ["x", "y"], "answer": 1, "task": "multiple_choice"})
+        + "\n"
+    )
+    (row,) = list_inputs(str(tmp_path / "m.jsonl"))
+    assert (row.answer, row.task, row.choices) == ("1", "multiple_choice", ("x", "y"))
