@@ -136,10 +136,9 @@ def run_tower(
 def flatten_partitions(
     pixel_values: torch.Tensor | list[torch.Tensor], counts: list[int]
 ) -> torch.Tensor:
-    """``(sum P_i, 3, H, W)`` from the processor's ``(B, P_max, 3, H, W)`` (or ``(B, 3, H, W)``)."""
-    if isinstance(pixel_values, (list, tuple)):
-        return torch.cat([pv[:n] for pv, n in zip(pixel_values, counts)])
-    if pixel_values.dim() == 4:
+    """``(sum P_i, 3, H, W)`` from the processor's ``(B, P_max, 3, H, W)`` padded stack, a list of
+    ``(P_i, 3, H, W)``, or a single-partition model's ``(B, 3, H, W)``."""
+    if isinstance(pixel_values, torch.Tensor) and pixel_values.dim() == 4:
         return pixel_values
     return torch.cat([pv[:n] for pv, n in zip(pixel_values, counts)])
 

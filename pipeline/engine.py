@@ -193,8 +193,10 @@ class HiredVLM:
         device: str | None = None,
         dtype: str | None = None,
         transfer_dtype: str = "float16",
+        half: str | None = None,
     ) -> HiredVLM:
-        model, processor = load_model(name, device=device, dtype=dtype)
+        """Load ``name`` (see :func:`pipeline.loading.load_model`; ``half`` keeps one half only)."""
+        model, processor = load_model(name, device=device, dtype=dtype, half=half)
         return cls(model, processor, drop, transfer_dtype)
 
     # -- vision half ---------------------------------------------------------------------------

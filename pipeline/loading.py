@@ -36,17 +36,27 @@ def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
     return torch.float32
 
 
-def load_model(name: str = DEFAULT_MODEL, device: str | None = None, dtype: str | None = None, seed: int = 0):
+def load_model(
+    name: str = DEFAULT_MODEL,
+    device: str | None = None,
+    dtype: str | None = None,
+    seed: int = 0,
+    half: str | None = None,
+):
     """``(model, processor)`` for ``name``, on ``device`` in ``dtype``, in eval mode.
 
     ``name`` is a built-in (``hired/tiny-llava-next``, ``hired/bench-llava``, ...), a directory
-    saved with ``save_pretrained``, or a hub id (needs network or the local hub cache).
+    saved with ``save_pretrained``, or a hub id (needs network or the local hub cache). ``half``
+    ("vision" or "language") keeps only that half (see :func:`keep_half`), released before the
+    model moves to the device so the accelerator never holds the other half.
     """
     target = pick_device(device)
     torch_dtype = pick_dtype(target, dtype)
     builtin = parse_builtin(name)
     if builtin is not None:
         model, processor = build_model(*builtin, seed=seed, dtype=torch_dtype)
+        if half is not None:
+            keep_half(model, half)
         return model.to(target), processor
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -69,6 +79,8 @@ def load_model(name: str = DEFAULT_MODEL, device: str | None = None, dtype: str 
         ) from error
     if getattr(processor, "tokenizer", None) is not None:
         processor.tokenizer.padding_side = "left"
+    if half is not None:
+        keep_half(model, half)
     return model.to(target).eval(), processor
 
 
@@ -76,16 +88,17 @@ def keep_half(model: torch.nn.Module, half: str) -> torch.nn.Module:
     """Free the half of a LLaVA model that a split deployment never runs.
 
     ``half="vision"`` keeps the tower and projector (a vision actor); ``"language"`` keeps the
-    projector and the LLM (generation from embeddings never runs the tower). The freed modules move
-    to the meta device: no memory, and the model's structure stays intact.
+    projector and the LLM (generation from embeddings never runs the tower). The freed submodules
+    are removed (set to ``None``), so their memory goes and ``model.to(device)`` moves only the
+    rest.
     """
     inner = getattr(model, "model", model)
     if half == "vision":
-        inner.language_model.to("meta")
+        inner.language_model = None
         if getattr(model, "lm_head", None) is not None:
-            model.lm_head.to("meta")
+            model.lm_head = None
     elif half == "language":
-        inner.vision_tower.to("meta")
+        inner.vision_tower = None
     else:
         raise ValueError(f"half must be 'vision' or 'language', got {half!r}")
     return model

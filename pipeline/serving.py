@@ -83,7 +83,6 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -98,7 +97,7 @@ from hired_ops import BUDGETED, METHODS, Budget, DropConfig
 
 from .engine import EncodedImage, GenerateOptions, HiredVLM, truncate_at_stop
 from .images import DecodeLimits, ImageDecodeError, decode_image
-from .loading import DEFAULT_MODEL, keep_half
+from .loading import DEFAULT_MODEL
 
 logger = logging.getLogger("ray.serve")
 
@@ -710,7 +709,7 @@ class _ModelReplica:
 
     role = ""
 
-    def __init__(self, config: ServeConfig, resources: DeploymentResources, release: Callable[[Any], None]) -> None:
+    def __init__(self, config: ServeConfig, resources: DeploymentResources, half: str) -> None:
         import torch
 
         # Ray sets OMP threads from num_cpus (at least 1) and reuses workers: set them here.
@@ -720,11 +719,10 @@ class _ModelReplica:
         self.config = config
         self.vlm = HiredVLM.from_pretrained(
             config.model, drop=config.default_drop(), device=device, dtype=config.dtype,
-            transfer_dtype=config.transfer_dtype,
+            transfer_dtype=config.transfer_dtype, half=half,
         )
         self.max_visual_tokens = self.vlm.geometry.max_tokens
         config.budget_range(self.max_visual_tokens)  # a bad operator range fails the deployment
-        release(self.vlm.model)
         # The model is not thread-safe: one thread runs every batch, so the event loop stays free
         # to queue the next batch while this one computes.
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"hired-{self.role}")
@@ -758,7 +756,7 @@ class HiredVision(_ModelReplica):
     role = "vision"
 
     def __init__(self, config: ServeConfig) -> None:
-        super().__init__(config, config.vision, partial(keep_half, half="vision"))
+        super().__init__(config, config.vision, "vision")
         self._encode_batch.set_max_batch_size(config.max_batch_size)
         self._encode_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
 
@@ -791,7 +789,7 @@ class HiredLLM(_ModelReplica):
     role = "llm"
 
     def __init__(self, config: ServeConfig) -> None:
-        super().__init__(config, config.llm, partial(keep_half, half="language"))
+        super().__init__(config, config.llm, "language")
         self._generate_batch.set_max_batch_size(config.max_batch_size)
         self._generate_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
 

@@ -20,7 +20,7 @@ from .batching import padding_fraction, plan_batches
 from .config import JobConfig
 from .engine import EncodedImage, HiredVLM
 from .images import DecodeLimits, decode_image
-from .loading import keep_half, load_model
+from .loading import load_model
 from .sources import read_bytes
 from .tracking import peak_memory_stats
 
@@ -107,15 +107,16 @@ def _isolating(run: Callable[[list[int]], list[Any]], indices: list[int]) -> dic
 class _ModelActor:
     """Shared set-up of the two actor stages: threads, model, and memory reporting."""
 
-    role = "actor"
-    half = "vision"  # which part of the model the actor runs; see keep_half
+    role: str  # "vision" or "llm": names the actor and its bookkeeping columns
+    half: str  # the part of the model the actor runs, for keep_half
 
     def __init__(self, config: JobConfig, num_cpus: float) -> None:
         # Ray sets OMP threads from num_cpus (at least 1) and reuses workers; be explicit.
         torch.set_num_threads(max(1, round(num_cpus)))
         self.config = config
-        model, processor = load_model(config.model, device=config.device, dtype=config.dtype, seed=config.seed)
-        keep_half(model, self.half)
+        model, processor = load_model(
+            config.model, device=config.device, dtype=config.dtype, seed=config.seed, half=self.half
+        )
         self.vlm = HiredVLM(model, processor, config.drop_config(), config.transfer_dtype)
         self.name = f"{self.role}-{os.getpid()}"
 
