@@ -170,8 +170,9 @@ def _rows_for_ray(rows: list[InputRow], default_prompt: str) -> list[dict[str, A
     return items
 
 
-def build_dataset(config: JobConfig, rows: list[InputRow]):
-    """The lazy Ray Dataset of the job's stages over ``rows``."""
+def build_dataset(config: JobConfig, rows: list[InputRow], image_processor: Any):
+    """The lazy Ray Dataset of the job's stages over ``rows``; ``image_processor`` is the model's
+    (see :func:`load_image_processor`), shipped to the decode tasks."""
     import ray
 
     device = pick_device(None if config.device == "auto" else config.device)
@@ -184,7 +185,7 @@ def build_dataset(config: JobConfig, rows: list[InputRow]):
         batch_format="numpy",
         num_cpus=1,  # distinct from the actors' resources, so Ray keeps the stages apart
         fn_kwargs={
-            "image_processor": load_image_processor(config.model),
+            "image_processor": image_processor,
             "limits": config.decode_limits(),
             "storage_options": config.storage_options,
             "pixel_dtype": pixel_dtype,
@@ -249,8 +250,10 @@ def run_job(config: JobConfig, rows: list[InputRow] | None = None, figures: int 
     peaks: dict[str, dict[str, Any]] = defaultdict(dict)
     spans: dict[str, set[tuple[float, float]]] = {"vision": set(), "llm": set()}
     if todo:
+        # a missing model fails here, in seconds, before Ray starts or any actor loads weights
+        image_processor = load_image_processor(config.model)
         _init_ray()
-        dataset = build_dataset(config, todo)
+        dataset = build_dataset(config, todo, image_processor)
         run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
         written = 0
         for number, batch in enumerate(dataset.iter_batches(batch_size=None, batch_format="numpy")):

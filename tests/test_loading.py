@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -53,3 +55,17 @@ def test_split_halves_answer_like_the_whole_model(kind):
     images = [random_image(500, 800), random_image(700, 300, seed=1)]
     split = language.generate(vision.encode(images), ["Describe.", "What is it?"])
     assert [g.text for g in split] == [r.text for r in whole.run(images, ["Describe.", "What is it?"])]
+
+
+def test_caption_with_a_missing_model_exits_2_with_the_reason_before_ray_starts(tmp_path, capsys, monkeypatch):
+    import ray
+
+    from jobs.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = ray.is_initialized()
+    samples = str(Path(__file__).resolve().parents[1] / "samples" / "images")
+    code = main(["caption", samples, "--output", str(tmp_path / "out"), "--model", "/no/such/model", "--no-tracking"])
+    assert code == 2
+    assert "/no/such/model" in capsys.readouterr().err
+    assert ray.is_initialized() == started
