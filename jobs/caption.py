@@ -29,10 +29,13 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     model.add_argument("--seed", type=int, default=0)
     pools = parser.add_argument_group("Ray pools")
-    for role, gpus in (("vision", 0.0), ("llm", 0.0)):
+    for role in ("vision", "llm"):
         pools.add_argument(f"--{role}-pool-size", type=int, default=1, help=f"{role} actors")
         pools.add_argument(f"--{role}-batch-size", type=int, default=8, help=f"rows per {role} call")
-        pools.add_argument(f"--{role}-num-gpus", type=float, default=gpus, help="GPUs per actor (fractions allowed)")
+        pools.add_argument(
+            f"--{role}-num-gpus", type=float, default=None,
+            help="GPUs per actor, fractions allowed (default: 0.5 when the cluster has GPUs, else 0)",
+        )
         pools.add_argument(f"--{role}-num-cpus", type=float, default=0.5, help="CPUs per actor")
     pools.add_argument("--decode-batch-size", type=int, default=8)
     pools.add_argument("--transfer-dtype", default="float16", choices=["float16", "float32"])

@@ -12,18 +12,22 @@ from .images import DecodeLimits
 from .loading import DEFAULT_MODEL
 
 DEFAULT_PROMPT = "Describe the image in one sentence."
+# Unset pools on a GPU cluster: one vision and one LLM actor share each GPU.
+AUTO_GPUS_PER_ACTOR = 0.5
 
 
 @dataclass(frozen=True)
 class PoolConfig:
     """One Ray actor pool: how many actors, what each holds, how many rows per call.
 
-    ``num_gpus`` may be a fraction so the vision and LLM pools share one GPU.
+    ``num_gpus`` may be a fraction so the vision and LLM pools share one GPU; ``None`` means
+    :data:`AUTO_GPUS_PER_ACTOR` when the Ray cluster has GPUs and 0 otherwise (Ray hides GPUs from
+    actors that reserve none, so "CUDA when present" needs a reservation).
     """
 
     size: int = 1
     batch_size: int = 8
-    num_gpus: float = 0.0
+    num_gpus: float | None = None
     num_cpus: float = 0.5
 
     def __post_init__(self) -> None:
@@ -31,8 +35,14 @@ class PoolConfig:
             raise ValueError(f"pool size must be >= 1, got {self.size}")
         if self.batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
-        if self.num_gpus < 0 or self.num_cpus < 0:
+        if (self.num_gpus is not None and self.num_gpus < 0) or self.num_cpus < 0:
             raise ValueError("num_gpus and num_cpus must be >= 0")
+
+    def gpus(self, cluster_gpus: float) -> float:
+        """GPUs each actor reserves on a cluster with ``cluster_gpus`` GPUs."""
+        if self.num_gpus is not None:
+            return self.num_gpus
+        return AUTO_GPUS_PER_ACTOR if cluster_gpus > 0 else 0.0
 
 
 @dataclass(frozen=True)

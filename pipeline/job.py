@@ -25,7 +25,7 @@ from fsspec.implementations.local import LocalFileSystem
 from .config import JobConfig
 from .engine import EncodedImage
 from .images import decode_image
-from .loading import load_image_processor, pick_device
+from .loading import load_image_processor
 from .schema import OUTPUT_COLUMNS, OUTPUT_SCHEMA
 from .sources import InputRow, list_inputs, read_bytes, resolve_storage_options
 from .stages import LLMStage, VisionStage, decode_batch
@@ -175,8 +175,11 @@ def build_dataset(config: JobConfig, rows: list[InputRow], image_processor: Any)
     (see :func:`load_image_processor`), shipped to the decode tasks."""
     import ray
 
-    device = pick_device(None if config.device == "auto" else config.device)
-    pixel_dtype = "float16" if device.type == "cuda" else "float32"
+    cluster_gpus = ray.cluster_resources().get("GPU", 0)
+    gpus = {"vision": config.vision.gpus(cluster_gpus), "llm": config.llm.gpus(cluster_gpus)}
+    # pixels go to the tower in its dtype: half precision on GPUs, fp32 on CPUs
+    on_gpu = gpus["vision"] > 0 or config.device.startswith("cuda")
+    pixel_dtype = "float16" if on_gpu else "float32"
     blocks = max(1, min(len(rows) // config.decode_batch_size, 2000))
     dataset = ray.data.from_items(_rows_for_ray(rows, config.prompt), override_num_blocks=blocks)
     dataset = dataset.map_batches(
@@ -197,7 +200,7 @@ def build_dataset(config: JobConfig, rows: list[InputRow], image_processor: Any)
             batch_size=pool.batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=pool.size),
-            num_gpus=pool.num_gpus or None,
+            num_gpus=gpus[stage.role] or None,
             num_cpus=pool.num_cpus,
             fn_constructor_kwargs={"config": config, "num_cpus": pool.num_cpus},
         )
