@@ -75,5 +75,6 @@ def merge(
     members = torch.cat([kept[:, None], pruned_idx[nearest]], dim=1)  # (K, 1+n)
     weights = scores.float()[members].clamp(min=0)  # (K, 1+n)
     weights = weights / weights.sum(dim=-1, keepdim=True).clamp(min=1e-12)
-    merged = (weights[..., None] * features.float()[members]).sum(dim=1)
+    # scores and indices live on the CPU; the features may be on an accelerator
+    merged = (weights.to(features.device)[..., None] * features.float()[members.to(features.device)]).sum(dim=1)
     return merged.to(features.dtype)

@@ -152,3 +152,24 @@ def test_each_image_gets_exactly_its_budget(size, fraction, method, newlines, se
     mask = layout.candidate_mask()
     assert bool(mask[kept.partition, kept.patch].all()), "a padding patch was kept"
     assert len(set(zip(kept.partition.tolist(), kept.patch.tolist()))) == kept.num_tokens
+
+
+def test_prumerge_reports_what_it_kept_and_merges_pruned_tokens():
+    layout = GEOMETRY.layout((672, 672))  # no padding: every patch is a candidate
+    side, P = layout.side, layout.num_partitions
+    generator = torch.Generator().manual_seed(0)
+    final = torch.rand(P, side * side, generator=generator)
+    final[:, :5] += 10.0  # five clear outliers per partition
+    features = torch.randn(P, side * side, 8, generator=generator)
+    keys = torch.randn(P, side * side, 16, generator=generator)
+    plain = drop_image(DropConfig(method="prumerge", budget=None), layout, features, 2880, None, final, keys)
+    plus = drop_image(DropConfig(method="prumerge+", budget=None), layout, features, 2880, None, final, keys)
+    assert plain.budgets.tolist() == [len(k) for k in plain.kept_indices()]
+    candidates = layout.candidate_mask()
+    for p in range(P):
+        expected = candidates[p].clone()
+        expected[5:] = False  # only the planted outliers lie above Q3 + 1.5 IQR
+        assert plain.kept_indices()[p].tolist() == expected.nonzero().flatten().tolist()
+    assert bool((plus.budgets >= plain.budgets).all()) and plus.num_tokens > plain.num_tokens
+    # kept tokens carry a weighted mean with their neighbours, not their own raw features
+    assert not torch.allclose(plain.features, features[plain.partition, plain.patch])
