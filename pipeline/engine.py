@@ -2,7 +2,9 @@
 
 * :meth:`HiredVLM.encode`: images -> :class:`EncodedImage` (kept pre-projector features and the
   indices and budgets behind them), plain numpy so it can cross between Ray actor pools.
-* :meth:`HiredVLM.generate`: encoded images + prompts -> text, one left-padded batched prefill.
+* :meth:`HiredVLM.generate`: encoded images + prompts -> text, one left-padded batched prefill;
+  an optional per-step callback sees each row's new token (what :class:`TextStream` turns into
+  text deltas for streaming).
 
 :meth:`HiredVLM.run` does both in one process. The model is any Hugging Face
 ``LlavaNextForConditionalGeneration`` or ``LlavaForConditionalGeneration`` with its processor.
@@ -11,16 +13,19 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+from transformers.generation.streamers import BaseStreamer
 
 from hired_ops import DropConfig, KeptTokens, VisionGeometry, encode_and_drop
 
 from .loading import load_model
+from .text_stream import TextStream, truncate_at_stop
 
 _TRANSFER_DTYPES = {"float16": np.float16, "float32": np.float32}
 
@@ -156,6 +161,26 @@ class _FirstTokenClock:
         return scores
 
 
+class _StepStreamer(BaseStreamer):
+    """Hands each decoding step's new token ids (one per row) to a callback, on the generating thread.
+
+    Unlike transformers' text streamers it accepts any batch size: it only forwards ids.
+    """
+
+    def __init__(self, on_tokens: Callable[[list[int]], None]) -> None:
+        self.on_tokens = on_tokens
+
+    def put(self, value: torch.Tensor) -> None:
+        # generate() first puts the prompt ids, (B, 0) when it gets inputs_embeds only; every
+        # decoding step then puts the (B,) new tokens, finished rows holding the pad id.
+        if value.dim() != 1 or value.numel() == 0:
+            return
+        self.on_tokens(value.tolist())
+
+    def end(self) -> None:
+        pass
+
+
 class HiredVLM:
     """A VLM with token dropping. Thread-compatible, not thread-safe (one batch at a time).
 
@@ -230,6 +255,21 @@ class HiredVLM:
             raise ValueError(f"the prompt must hold exactly one image slot, found {ids.count(self.image_token_id)}")
         return ids
 
+    def prompt_tokens(self, encoded: EncodedImage, prompt: str) -> int:
+        """Input positions of one request (its ``attention_mask`` sum in :meth:`build_inputs`)."""
+        # visual_embeddings adds the newline rows only when the model has a newline embedding
+        visual = encoded.sequence_length if self.image_newline is not None else encoded.num_tokens
+        return len(self.prompt_ids(prompt)) - 1 + visual
+
+    def end_token_ids(self) -> frozenset[int]:
+        """Ids that end an answer: the model's EOS id(s) and the pad id finished rows are filled with."""
+        eos = self.model.generation_config.eos_token_id
+        return frozenset(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.pad_token_id}
+
+    def text_stream(self, stop: tuple[str, ...] = ()) -> TextStream:
+        """A fresh incremental detokeniser for one answer of this model."""
+        return TextStream(self.tokenizer, stop, self.end_token_ids())
+
     def visual_embeddings(self, encoded: EncodedImage) -> torch.Tensor:
         """``(L, D_text)``: projected kept tokens with newline embeddings where flagged."""
         features = torch.from_numpy(encoded.features).to(self.device, self.dtype)
@@ -264,9 +304,18 @@ class HiredVLM:
 
     @torch.inference_mode()
     def generate(
-        self, encoded: list[EncodedImage], prompts: list[str], options: GenerateOptions | None = None
+        self,
+        encoded: list[EncodedImage],
+        prompts: list[str],
+        options: GenerateOptions | None = None,
+        on_tokens: Callable[[list[int]], None] | None = None,
     ) -> list[Generation]:
-        """Project the kept features and decode, all images in one batched prefill."""
+        """Project the kept features and decode, all images in one batched prefill.
+
+        ``on_tokens``, if given, is called on this thread once per decoding step with the new
+        token id of every row (length ``len(encoded)``; rows that already ended get the pad id).
+        It does not change the results.
+        """
         if len(encoded) != len(prompts):
             raise ValueError(f"{len(encoded)} images but {len(prompts)} prompts")
         if not encoded:
@@ -288,16 +337,16 @@ class HiredVLM:
             top_k=None,
             logits_processor=[clock],
             pad_token_id=self.tokenizer.pad_token_id,
+            streamer=_StepStreamer(on_tokens) if on_tokens is not None else None,
         )
         if output.is_cuda:
             torch.cuda.synchronize(output.device)
         end = time.perf_counter()
         ttft = (clock.first or end) - start
         results = []
+        eos = self.end_token_ids()
         for i, sequence in enumerate(output):
             tokens = sequence.tolist()
-            eos = self.model.generation_config.eos_token_id
-            eos = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.pad_token_id}
             count = next((n for n, t in enumerate(tokens) if t in eos), len(tokens))
             text = truncate_at_stop(self.tokenizer.decode(tokens[:count], skip_special_tokens=True), options.stop)
             results.append(
@@ -328,9 +377,3 @@ class HiredVLM:
             Result(g.text, e, g, {"encode_s": encode_s, "ttft_s": g.ttft_s, "generate_s": g.generate_s})
             for e, g in zip(encoded, generations)
         ]
-
-
-def truncate_at_stop(text: str, stop: tuple[str, ...]) -> str:
-    """``text`` up to the first of the ``stop`` strings (OpenAI semantics: the stop is excluded)."""
-    cut = min((text.find(s) for s in stop if s and s in text), default=-1)
-    return text if cut < 0 else text[:cut]

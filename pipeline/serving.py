@@ -33,10 +33,15 @@ HTTP contract (``route_prefix`` is ``/``):
   tokens and is refused for methods that choose their own count (``full``, ``prumerge``,
   ``prumerge+``). ``full`` keeps every token, so it is refused unless ``max_budget`` covers the
   model's maximum.
-* ``stream: true`` answers with server-sent events: ``data: {chat.completion.chunk}`` events and
-  a final ``data: [DONE]``. The answer is generated in its batch first and then streamed in
-  word-sized pieces (the batched engine has no per-token callback), so the concatenated deltas
-  equal the non-streamed answer exactly but the first chunk arrives when generation ends.
+* ``stream: true`` answers with server-sent events: ``data: {chat.completion.chunk}`` events as
+  tokens are generated (the first carries ``role``, the last content-free one ``finish_reason``),
+  the usage chunk if asked for, and a final ``data: [DONE]``. Streaming requests are batched too
+  (``HiredLLM.generate_stream``): every decoding step of the batch hands each request its new
+  token, which is detokenised incrementally, so the concatenated deltas equal the non-streamed
+  answer exactly. Text that a later token could still change waits: an incomplete UTF-8
+  character, whitespace at either end, a possible start of a stop string. A stop string ends that
+  request's stream at once (its usage counts the tokens up to the stop). A failure after the
+  first event is sent as an ``{"error": ...}`` event and ends the stream without ``[DONE]``.
 * ``GET /v1/models`` lists the served model; ``GET /v1/stats`` gives batch-size counts of the
   vision and LLM replicas that answer it; ``GET /health`` (no auth) checks both model
   deployments answer.
@@ -75,7 +80,6 @@ import json
 import logging
 import math
 import os
-import re
 import threading
 import time
 import uuid
@@ -95,7 +99,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hired_ops import BUDGETED, METHODS, Budget, DropConfig
 
-from .engine import EncodedImage, GenerateOptions, HiredVLM, truncate_at_stop
+from .engine import EncodedImage, GenerateOptions, HiredVLM
+from .text_stream import TextStream, truncate_at_stop
 from .images import DecodeLimits, ImageDecodeError, decode_image
 from .loading import DEFAULT_MODEL
 
@@ -602,11 +607,6 @@ async def fetch_remote_image(url: str, param: str, max_bytes: int) -> bytes:
 # -- responses -----------------------------------------------------------------------------------
 
 
-def split_for_stream(text: str) -> list[str]:
-    """Word-sized pieces (each word with the whitespace after it) whose concatenation is ``text``."""
-    return re.findall(r"\S+\s*|\s+", text)
-
-
 def _finish_reason(answer: dict[str, Any], options: GenerateOptions) -> str:
     return "length" if answer["generated_tokens"] >= options.max_new_tokens and not answer["stopped"] else "stop"
 
@@ -650,8 +650,14 @@ def _hired_block(parsed: ChatRequest, answer: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def stream_events(request_id: str, model: str, parsed: ChatRequest, answer: dict[str, Any]) -> AsyncIterator[str]:
-    """Server-sent events of ``chat.completion.chunk`` objects for a finished answer."""
+async def stream_events(
+    request_id: str, model: str, parsed: ChatRequest, first: dict[str, Any], rest: AsyncIterator[dict[str, Any]]
+) -> AsyncIterator[str]:
+    """Server-sent events of ``chat.completion.chunk`` objects for events of ``HiredLLM.generate_stream``.
+
+    ``first`` is the stream's first event, awaited before the response started so that a failure
+    up to there is still an HTTP 500; a failure after it becomes an error event.
+    """
     created = int(time.time())
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
@@ -664,9 +670,27 @@ async def stream_events(request_id: str, model: str, parsed: ChatRequest, answer
         }
         return f"data: {json.dumps(body)}\n\n"
 
+    async def events() -> AsyncIterator[dict[str, Any]]:
+        yield first
+        async for event in rest:
+            yield event
+
     yield chunk({"role": "assistant", "content": ""})
-    for piece in split_for_stream(answer["text"]):
-        yield chunk({"content": piece})
+    answer: dict[str, Any] | None = None
+    try:
+        async for event in events():
+            if event["delta"]:
+                yield chunk({"content": event["delta"]})
+            answer = event.get("answer")
+            if answer is not None:
+                break
+        if answer is None:
+            raise RuntimeError("the LLM stream ended without an answer")
+    except Exception as error:  # noqa: BLE001 - the status is sent already; tell the client in-band
+        logger.exception("streamed chat completion failed")
+        failure = ApiError(500, f"the model failed on this request ({type(error).__name__}); see the server log", code="internal_error")
+        yield f"data: {json.dumps(failure.body())}\n\n"
+        return
     yield chunk({}, _finish_reason(answer, parsed.options))
     if parsed.include_usage:
         usage = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -790,8 +814,9 @@ class HiredLLM(_ModelReplica):
 
     def __init__(self, config: ServeConfig) -> None:
         super().__init__(config, config.llm, "language")
-        self._generate_batch.set_max_batch_size(config.max_batch_size)
-        self._generate_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        for batched in (self._generate_batch, self._stream_batch):
+            batched.set_max_batch_size(config.max_batch_size)
+            batched.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
 
     async def generate(self, row: dict[str, Any], prompt: str, options: GenerateOptions) -> dict[str, Any]:
         """The answer for one encoded image: text, token counts, whether a stop string cut it, timings."""
@@ -830,6 +855,104 @@ class HiredLLM(_ModelReplica):
                     "generate_s": out.generate_s,
                 }
         return results
+
+    async def generate_stream(
+        self, row: dict[str, Any], prompt: str, options: GenerateOptions
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The answer for one encoded image as it is generated (call with ``.options(stream=True)``).
+
+        Yields ``{"delta": str}`` events with new text, the last one also holding ``"answer"``:
+        the dict :meth:`generate` returns, for a text that is the concatenation of the deltas.
+        """
+        async for event in self._stream_batch(row, prompt, options):
+            if isinstance(event, BaseException):
+                raise event
+            if event["delta"] or "answer" in event:  # steps that add no text stay in this replica
+                yield event
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
+    async def _stream_batch(
+        self, rows: list[dict[str, Any]], prompts: list[str], options: list[GenerateOptions]
+    ) -> AsyncIterator[list[dict[str, Any] | BaseException | type[StopIteration]]]:
+        """Per decoding step, one item per request: an event, a failure, or ``StopIteration`` once
+        its answer was sent (which ends that request's stream while the batch goes on)."""
+        encoded = [EncodedImage.from_row(r) for r in rows]
+        # grouped as in _generate_batch: stop strings are applied per request, by its TextStream
+        groups = _group([dataclasses.replace(o, stop=()) for o in options])
+        self._record(len(rows), f"streaming, {len(groups)} option group(s)")
+        streams = [self.vlm.text_stream(o.stop) for o in options]
+        loop = asyncio.get_running_loop()
+        # (request indices, new tokens | None when the group is done | its failure, seconds since the group began)
+        steps: asyncio.Queue[tuple[list[int], list[int] | BaseException | None, float]] = asyncio.Queue()
+
+        def run_groups() -> None:
+            # One job on the compute thread for the whole batch, the groups one after another:
+            # the model stays on one thread, and the callbacks only hand tokens to the event loop.
+            for opts, indices in groups.items():
+                began = time.perf_counter()
+
+                def post(payload: list[int] | BaseException | None, indices: list[int] = indices, began: float = began) -> None:
+                    loop.call_soon_threadsafe(steps.put_nowait, (indices, payload, time.perf_counter() - began))
+
+                try:
+                    self.vlm.generate([encoded[i] for i in indices], [prompts[i] for i in indices], opts, on_tokens=post)
+                except Exception as error:  # noqa: BLE001 - reported to each caller of the group
+                    logger.exception("llm streaming group failed (%s)", opts)
+                    post(error)
+                else:
+                    post(None)
+
+        work = loop.run_in_executor(self._compute, run_groups)
+        first_token_s: list[float | None] = [None] * len(rows)
+        answered = [False] * len(rows)
+        pending_groups = len(groups)
+        while pending_groups:
+            items: list[dict[str, Any] | BaseException | type[StopIteration]] = [
+                StopIteration if answered[i] else {"delta": ""} for i in range(len(rows))
+            ]
+            # Every step that is waiting goes into one yield: when the replica falls behind the
+            # model, messages per request stay one per yield instead of one per token.
+            arrived = [await steps.get()]
+            while not steps.empty():
+                arrived.append(steps.get_nowait())
+            for indices, payload, elapsed in arrived:
+                if payload is None or isinstance(payload, BaseException):
+                    pending_groups -= 1
+                for position, i in enumerate(indices):
+                    item = items[i]
+                    if answered[i] or not isinstance(item, dict):
+                        continue
+                    stream = streams[i]
+                    if isinstance(payload, BaseException):
+                        items[i], answered[i] = payload, True
+                        continue
+                    if payload is None:  # the group ended: EOS or the token limit
+                        item["delta"] += stream.finish()
+                    else:
+                        if first_token_s[i] is None:
+                            first_token_s[i] = elapsed
+                        item["delta"] += stream.push(payload[position])
+                    if stream.done:
+                        item["answer"] = self._streamed_answer(encoded[i], prompts[i], stream, first_token_s[i], elapsed)
+                        answered[i] = True
+            yield items
+        # returns at once (posting the last group's end was the job's last act); awaiting it
+        # retrieves the job's outcome so that nothing is left unobserved
+        await work
+
+    def _streamed_answer(
+        self, encoded: EncodedImage, prompt: str, stream: TextStream, ttft_s: float | None, elapsed_s: float
+    ) -> dict[str, Any]:
+        """The :meth:`generate` answer dict for a finished stream."""
+        return {
+            "text": stream.sent,
+            "stopped": stream.stopped,
+            "generated_tokens": len(stream.ids),
+            "prompt_tokens": self.vlm.prompt_tokens(encoded, prompt),
+            "visual_tokens": encoded.num_tokens,
+            "ttft_s": ttft_s if ttft_s is not None else elapsed_s,
+            "generate_s": elapsed_s,
+        }
 
 
 # -- HTTP ingress --------------------------------------------------------------------------------
@@ -913,22 +1036,26 @@ class HiredIngress:
         self._authorize(request)
         parsed = parse_chat_request(await self._read_json(request), self.config, await self._max_tokens())
         image = await self._load_image(parsed)
+        request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        model = self.config.served_model_name
         try:
             # the vision response is handed to the LLM unresolved: Serve passes the kept features
             # from one deployment to the other without routing them through this replica
             encoded = self.vision.encode.remote(image, parsed.drop)
+            if parsed.stream:
+                events = self.llm.options(stream=True).generate_stream.remote(encoded, parsed.prompt, parsed.options)
+                # the first event (first text or the whole answer) before the 200: failures of
+                # vision, batching or prefill still get a 500 with an error body
+                first = await anext(events)
+                return StreamingResponse(
+                    stream_events(request_id, model, parsed, first, events),
+                    media_type="text/event-stream",
+                    headers={"Cache-Control": "no-cache"},
+                )
             answer = await self.llm.generate.remote(encoded, parsed.prompt, parsed.options)
         except Exception as error:  # noqa: BLE001 - the server keeps serving; the client gets a 500
             logger.exception("chat completion failed")
             raise ApiError(500, f"the model failed on this request ({type(error).__name__}); see the server log", code="internal_error") from None
-        request_id = f"chatcmpl-{uuid.uuid4().hex}"
-        model = self.config.served_model_name
-        if parsed.stream:
-            return StreamingResponse(
-                stream_events(request_id, model, parsed, answer),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache"},
-            )
         return JSONResponse(completion_body(request_id, model, parsed, answer))
 
     @api.get("/v1/models")

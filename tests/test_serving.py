@@ -7,8 +7,11 @@ import argparse
 import base64
 import http.server
 import io
+import json
+import random
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from PIL import Image
 
 from hired_ops import DropConfig
 from pipeline.engine import GenerateOptions, HiredVLM
+from pipeline.text_stream import TextStream, truncate_at_stop
 from pipeline.serving import (
     ApiError,
     ServeConfig,
@@ -25,7 +29,6 @@ from pipeline.serving import (
     check_remote_url,
     decode_data_url,
     parse_chat_request,
-    split_for_stream,
 )
 from pipeline.synthetic import random_image
 
@@ -181,9 +184,41 @@ def test_data_urls_and_remote_hosts():
             check_remote_url(url, "p", ("img.example.com", "127.0.0.1:81"))
 
 
-def test_stream_pieces_concatenate_to_the_text():
-    for text in ("", "one", " lead and  double  spaces\nnewline ", "�1 9 1420W"):
-        assert "".join(split_for_stream(text)) == text
+class ByteTokenizer:
+    """Ids 0-255 are UTF-8 bytes (so a character may take several tokens), 256 is EOS."""
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
+
+def _streamed(text: str, stop: tuple[str, ...], end: bool = True) -> tuple[list[str], TextStream]:
+    stream = TextStream(ByteTokenizer(), stop, end_ids={256})
+    deltas = [stream.push(token) for token in [*text.encode(), *([256] if end else [])]]
+    return deltas + [stream.finish()], stream
+
+
+def test_text_stream_deltas_concatenate_to_the_non_streamed_text():
+    rng = random.Random(0)
+    alphabet = ["a", "b", " ", "\n", "é", "€", "🙂", "#", "##"]
+    stops = [(), ("\n",), ("##",), ("b #", "a"), (" ", "🙂a")]
+    for _ in range(400):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        stop = rng.choice(stops)
+        deltas, stream = _streamed(text, stop, end=rng.random() < 0.5)
+        # the server's non-streamed text (HiredLLM._generate_batch)
+        expected = truncate_at_stop(text.strip(), stop).strip()
+        assert "".join(deltas) == expected, (text, stop, deltas)
+        assert stream.stopped == (expected != text.strip()), (text, stop)
+
+
+def test_text_stream_holds_back_only_what_may_change():
+    deltas, _ = _streamed(" héllo wor###ld", ("###",))
+    # the leading space and the first byte of "é" wait, the space after "hello" waits for "w",
+    # and "#", "##" wait as possible starts of the stop string
+    assert deltas == ["", "h", "", "é", "l", "l", "o", "", " w", "o", "r", *[""] * 7]
+    assert _streamed("€", ())[0] == ["", "", "€", "", ""]  # no U+FFFD for the first two bytes
+    deltas, stream = _streamed("a b\nc", ("\n",), end=False)
+    assert deltas == ["a", "", " b", "", "", ""] and stream.done and stream.stopped  # cut before "c"
 
 
 # -- slow: one Serve deployment on loopback -------------------------------------------------------
@@ -283,6 +318,94 @@ def test_openai_client_answer_equals_direct_api(client, images, direct):
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected.text
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == reply.choices[0].finish_reason
     assert chunks[-1].usage.total_tokens == reply.usage.total_tokens
+
+
+@pytest.mark.slow
+def test_generate_callback_sees_each_rows_tokens(tiny_next, images):
+    model, processor = tiny_next
+    vlm = HiredVLM(model, processor, DropConfig(budget=0.2))
+    encoded = vlm.encode(images[:3])
+    options = GenerateOptions(max_new_tokens=10)
+    steps: list[list[int]] = []
+    streamed = vlm.generate(encoded, [PROMPT] * 3, options, on_tokens=steps.append)
+    plain = vlm.generate(encoded, [PROMPT] * 3, options)
+    assert [(g.text, g.generated_tokens) for g in streamed] == [(g.text, g.generated_tokens) for g in plain]
+    # one call per step: up to the longest answer, plus its EOS step unless it hit the limit
+    assert len(steps) == min(options.max_new_tokens, max(g.generated_tokens for g in plain) + 1)
+    assert all(len(step) == 3 for step in steps)
+    for row, generation in enumerate(plain):
+        stream = vlm.text_stream()
+        text = "".join(stream.push(step[row]) for step in steps) + stream.finish()
+        assert text == generation.text and len(stream.ids) == generation.generated_tokens
+
+
+def _sse(server: str, body: dict) -> list[tuple[float, dict]]:
+    """``(arrival time, event)`` per server-sent event of a streamed completion, read as it arrives."""
+    import requests
+
+    events = []
+    with requests.post(
+        f"{server}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, stream=True, timeout=60
+    ) as reply:
+        assert reply.status_code == 200, reply.text
+        for line in reply.iter_lines(chunk_size=None):
+            if line.startswith(b"data: "):
+                data = line[len(b"data: "):]
+                events.append((time.perf_counter(), {"done": True} if data == b"[DONE]" else json.loads(data)))
+    return events
+
+
+def _content(events: list[tuple[float, dict]]) -> list[tuple[float, str]]:
+    return [(t, e["choices"][0]["delta"]["content"]) for t, e in events
+            if e.get("choices") and e["choices"][0]["delta"].get("content")]
+
+
+@pytest.mark.slow
+def test_stream_is_incremental(server, client, images):
+    body = chat_body(data_url(png_bytes(images[3])), max_tokens=48, stream=True, stream_options={"include_usage": True})
+    events = _sse(server, body)
+    content = _content(events)
+    assert events[-1][1] == {"done": True} and len(content) > 1
+    # The server's decoding time for this request (first to last token). Buffered streaming sent
+    # every piece in one burst after it; token streaming spreads the pieces over it. Pieces can
+    # only start a few tokens late and end a few tokens early (held-back whitespace), so at least
+    # half of it separates the first and last piece, however loaded the machine is.
+    hired = events[-2][1]["hired"]
+    decode_s = hired["generate_s"] - hired["ttft_s"]
+    spread = content[-1][0] - content[0][0]
+    assert events[-2][1]["usage"]["completion_tokens"] > 24 and decode_s > 0
+    assert spread > 0.5 * decode_s, (spread, hired, [round(t - content[0][0], 4) for t, _ in content])
+    reply = client.chat.completions.create(model=MODEL, messages=body["messages"], max_tokens=48)
+    assert "".join(text for _, text in content) == reply.choices[0].message.content
+
+
+@pytest.mark.slow
+def test_stream_with_stop_string_equals_non_streamed(server, client, images):
+    body = chat_body(data_url(png_bytes(images[0])), max_tokens=24)
+    plain = client.chat.completions.create(model=MODEL, messages=body["messages"], max_tokens=24)
+    text = plain.choices[0].message.content
+    stop = text[len(text) // 2 : len(text) // 2 + 2]  # two characters from the middle of the answer
+    assert stop.strip(), text
+    reply = client.chat.completions.create(model=MODEL, messages=body["messages"], max_tokens=24, stop=stop)
+    assert reply.choices[0].message.content == truncate_at_stop(text, (stop,)).strip()
+    events = _sse(server, body | {"stop": stop, "stream": True})
+    assert "".join(piece for _, piece in _content(events)) == reply.choices[0].message.content
+    finishes = [e["choices"][0]["finish_reason"] for _, e in events if e.get("choices")]
+    assert finishes[-1] == reply.choices[0].finish_reason == "stop"
+
+
+@pytest.mark.slow
+def test_concurrent_streams_equal_non_streamed_answers(server, client, images):
+    # two option groups of three, so batches hold several groups and groups several rows
+    bodies = [chat_body(data_url(png_bytes(images[i % len(images)])), max_tokens=(8, 20)[i % 2]) for i in range(6)]
+    expected = [
+        client.chat.completions.create(model=MODEL, messages=b["messages"], max_tokens=b["max_tokens"]).choices[0].message.content
+        for b in bodies
+    ]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        streamed = list(pool.map(lambda b: _sse(server, b | {"stream": True}), bodies))
+    assert ["".join(piece for _, piece in _content(events)) for events in streamed] == expected
+    assert all(events[-1][1] == {"done": True} for events in streamed)
 
 
 @pytest.mark.slow
