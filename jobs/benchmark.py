@@ -15,10 +15,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from jobs.caption import SAMPLE_IMAGES
+from jobs.caption import SAMPLE_IMAGES, add_model_arguments, add_tracking_arguments
 from jobs.evaluate import add_sweep_arguments, comma_list
 from pipeline.config import DEFAULT_PROMPT
-from pipeline.loading import DEFAULT_MODEL
 
 
 def batch_sizes(text: str) -> list[int]:
@@ -45,18 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--output", "-o", type=Path, default=Path("outputs/benchmark"), help="folder for table.md and table.csv"
     )
-    model = parser.add_argument_group("model and dropping")
-    model.add_argument(
-        "--model", default=DEFAULT_MODEL,
-        help="built-in name (hired/bench-llava-next, ...), checkpoint directory or hub id",
-    )
-    model.add_argument("--alpha", type=float, default=0.5, help="share of the budget for the full image")
-    model.add_argument("--l-init", type=int, default=0, help="ViT layer whose CLS attention allocates budgets")
-    model.add_argument("--l-final", type=int, default=None, help="ViT layer whose CLS attention ranks patches")
-    model.add_argument("--newlines", default="auto", choices=["auto", "rows", "none"])
-    model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    model.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
-    model.add_argument("--seed", type=int, default=0)
+    add_model_arguments(parser)
     add_sweep_arguments(parser, methods="full,hired", budgets="0.4,0.2")
     timing = parser.add_argument_group("timing")
     timing.add_argument("--batch-sizes", type=batch_sizes, default=[1, 2, 4], help="comma list (default: 1,2,4)")
@@ -68,11 +56,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="stop at end of sequence (default: decode exactly --max-new-tokens, so cells do equal work)",
     )
     timing.add_argument("--prompt", default=DEFAULT_PROMPT)
-    tracking = parser.add_argument_group("MLflow")
-    tracking.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI, else ./mlflow.db")
-    tracking.add_argument("--experiment", default="hired")
-    tracking.add_argument("--run-name", default=None)
-    tracking.add_argument("--no-tracking", dest="tracking", action="store_false", help="do not log to MLflow")
+    add_tracking_arguments(parser)
     return parser
 
 

@@ -13,21 +13,36 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE_IMAGES = REPO / "samples" / "images"
 
 
-def add_job_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options every dataset job shares, named as ``JobConfig``'s fields."""
+def add_model_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The model and how it drops tokens (method and budget excepted), as every job names them."""
     model = parser.add_argument_group("model and dropping")
     model.add_argument("--model", default=DEFAULT_MODEL, help="built-in name, checkpoint directory or hub id")
-    model.add_argument("--method", default="hired", choices=METHODS)
-    model.add_argument("--budget", default="0.2", help="fraction of the model's maximum (0.2, 20%%) or tokens (576)")
     model.add_argument("--alpha", type=float, default=0.5, help="share of the budget for the full image")
     model.add_argument("--l-init", type=int, default=0, help="ViT layer whose CLS attention allocates budgets")
     model.add_argument("--l-final", type=int, default=None, help="ViT layer whose CLS attention ranks patches")
     model.add_argument("--newlines", default="auto", choices=["auto", "rows", "none"])
-    model.add_argument("--max-new-tokens", type=int, default=32)
-    model.add_argument("--temperature", type=float, default=0.0)
     model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     model.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     model.add_argument("--seed", type=int, default=0)
+    return model
+
+
+def add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the job's MLflow run goes."""
+    tracking = parser.add_argument_group("MLflow")
+    tracking.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI, else ./mlflow.db")
+    tracking.add_argument("--experiment", default="hired")
+    tracking.add_argument("--run-name", default=None)
+    tracking.add_argument("--no-tracking", dest="tracking", action="store_false", help="do not log to MLflow")
+
+
+def add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options every dataset job shares, named as ``JobConfig``'s fields."""
+    model = add_model_arguments(parser)
+    model.add_argument("--method", default="hired", choices=METHODS)
+    model.add_argument("--budget", default="0.2", help="fraction of the model's maximum (0.2, 20%%) or tokens (576)")
+    model.add_argument("--max-new-tokens", type=int, default=32)
+    model.add_argument("--temperature", type=float, default=0.0)
     pools = parser.add_argument_group("Ray pools")
     for role in ("vision", "llm"):
         pools.add_argument(f"--{role}-pool-size", type=int, default=1, help=f"{role} actors")
@@ -43,11 +58,7 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--limit", type=int, default=None, help="process at most this many inputs")
     data.add_argument("--no-resume", dest="resume", action="store_false", help="redo ids already in the output")
     data.add_argument("--max-image-pixels", type=int, default=64_000_000, help="decompression-bomb limit")
-    tracking = parser.add_argument_group("MLflow")
-    tracking.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI, else ./mlflow.db")
-    tracking.add_argument("--experiment", default="hired")
-    tracking.add_argument("--run-name", default=None)
-    tracking.add_argument("--no-tracking", dest="tracking", action="store_false", help="do not log to MLflow")
+    add_tracking_arguments(parser)
 
 
 def job_config(args: argparse.Namespace, **overrides) -> JobConfig:
