@@ -47,12 +47,10 @@ any timer, so image decode is *not* included; everything from preprocessing on i
 
 from __future__ import annotations
 
-import csv
 import ctypes
 import ctypes.util
 import dataclasses
 import gc
-import io
 import logging
 import os
 import platform
@@ -70,7 +68,7 @@ from hired_ops import DropConfig
 
 from .config import DEFAULT_PROMPT
 from .engine import GenerateOptions, HiredVLM
-from .evaluation import Setting
+from .evaluation import Setting, csv_text
 from .images import decode_image
 from .loading import DEFAULT_MODEL, load_model
 from .sources import list_inputs, read_bytes
@@ -453,12 +451,7 @@ class BenchReport:
         return rows
 
     def to_csv(self) -> str:
-        rows = self.rows()
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-        return buffer.getvalue()
+        return csv_text(self.rows())
 
     def table4(self) -> str:
         """The paper's Table 4 layout: a row per batch size, a column per setting, cells

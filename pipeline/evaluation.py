@@ -133,6 +133,15 @@ class Setting:
         return f"{method} {amount}"
 
 
+def csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    """CSV of report rows (a header from the first row's keys), as one string."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
 def sweep(methods: Sequence[str], budgets: Sequence[str]) -> tuple[Setting, ...]:
     """The settings of a methods x budgets sweep, in the order given, without repeats.
 
@@ -372,12 +381,7 @@ class EvalReport:
 
     def to_csv(self) -> str:
         """All columns, metrics as fractions in [0, 1]."""
-        rows = self.rows()
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-        return buffer.getvalue()
+        return csv_text(self.rows())
 
     def to_markdown(self) -> str:
         """The paper's Table 3 layout: one row per setting, metrics in percent."""
