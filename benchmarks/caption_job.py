@@ -27,12 +27,15 @@ from pathlib import Path
 
 import torch
 
-from pipeline.config import JobConfig, PoolConfig
-from pipeline.engine import HiredVLM
-from pipeline.images import decode_image
-from pipeline.job import run_job
-from pipeline.model_factory import save_model
-from pipeline.synthetic import random_image
+from hired_ops import DropConfig
+from pipeline.batch.config import JobConfig, PoolConfig
+from pipeline.batch.driver import run_job
+from pipeline.data.images import decode_image
+from pipeline.data.synthetic import random_image
+from pipeline.model.builtin import save_model
+from pipeline.model.config import ModelConfig
+from pipeline.model.generation import GenerateOptions
+from pipeline.model.vlm import HiredVLM
 
 SIZES = [(672, 672), (600, 1000), (1000, 600), (480, 640), (900, 900), (500, 1200)]
 
@@ -46,8 +49,8 @@ def make_images(folder: Path, count: int, offset: int = 0) -> None:
 
 def loop(model_dir: str, folder: Path, config: JobConfig) -> float:
     """The same work in one process, no Ray: returns wall seconds (model load excluded)."""
-    vlm = HiredVLM.from_pretrained(model_dir, drop=config.drop_config(), transfer_dtype=config.transfer_dtype)
-    options = config.generate_options()
+    vlm = HiredVLM.from_pretrained(model_dir, drop=config.drop, transfer_dtype=config.model.transfer_dtype)
+    options = config.generate
     paths = sorted(folder.iterdir())
     batch = config.vision.batch_size
     start = time.perf_counter()
@@ -82,8 +85,9 @@ def main() -> None:
 
     def job(folder: Path, output: str, budget: str | None = "0.2", method: str = "hired") -> JobConfig:
         return JobConfig(
-            input=str(folder), output=str(work / output), model=model_dir, method=method, budget=budget,
-            max_new_tokens=args.max_new_tokens, resume=False,
+            input=str(folder), output=str(work / output), model=ModelConfig(name=model_dir),
+            drop=DropConfig(method=method, budget=budget),
+            generate=GenerateOptions(max_new_tokens=args.max_new_tokens), resume=False,
             vision=PoolConfig(batch_size=args.batch_size, num_cpus=float(cores)),
             llm=PoolConfig(batch_size=args.batch_size, num_cpus=float(max(1, cores // 2))),
             decode_batch_size=args.batch_size,

@@ -29,9 +29,10 @@ from collections.abc import Callable
 import torch
 
 from hired_ops import DropConfig, capture_cls_attention, run_tower, vision_tower
-from pipeline.engine import GenerateOptions, HiredVLM
-from pipeline.model_factory import build_model
-from pipeline.synthetic import random_image
+from pipeline.data.synthetic import random_image
+from pipeline.model.builtin import build_model
+from pipeline.model.generation import GenerateOptions
+from pipeline.model.vlm import HiredVLM
 
 
 def median_time(fn: Callable[[], object], repeats: int) -> float:

@@ -3,7 +3,7 @@ loopback, HiRED at a 20% budget vs full (no dropping), in one run against one se
 
     python benchmarks/serve_load.py [--requests 200] [--concurrency 16] [--model hired/tiny-llava-next]
 
-It starts a local Ray cluster and the Serve application (``pipeline.serving``) on 127.0.0.1,
+It starts a local Ray cluster and the Serve application (``pipeline.serve``) on 127.0.0.1,
 warms it up, then for each arm sends ``--requests`` chat completions from ``--concurrency``
 client threads over real HTTP, each request carrying a PNG as a data: URL (a rotation of images
 of different sizes). The full arm uses the per-request override ``"hired": {"method": "full"}``,
@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 
 import requests
 
-from pipeline.synthetic import random_image
+from pipeline.data.synthetic import random_image
 
 SIZES = [(480, 640), (672, 672), (600, 1000), (1000, 600), (336, 336), (768, 1024), (500, 500), (720, 1280)]
 PROMPT = "Describe the image."
@@ -128,11 +128,14 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from pipeline.serving import ServeConfig, start
+    from hired_ops import DropConfig
+    from pipeline.model.config import ModelConfig
+    from pipeline.serve.app import start
+    from pipeline.serve.config import ServeConfig
 
     config = ServeConfig(
-        model=args.model,
-        budget=args.budget,
+        model=ModelConfig(name=args.model),
+        drop=DropConfig(budget=args.budget),
         allowed_methods=("hired", "full"),
         max_batch_size=args.max_batch_size,
         batch_wait_timeout_s=args.batch_wait_ms / 1000,

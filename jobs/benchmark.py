@@ -6,7 +6,7 @@ batch sizes on one model, like the paper's Table 4.
 
 Runs in this process, without Ray; prints a Table-4-style table, ratios against full and every
 number, writes them to ``--output``, and logs one MLflow child run per cell under a parent run.
-What each timer includes: see :mod:`pipeline.benchmarking` (in short: from preprocessing, image
+What each timer includes: see :mod:`pipeline.experiments.benchmarking` (in short: from preprocessing, image
 decode excluded, to the first token / the last token).
 """
 
@@ -15,9 +15,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from jobs.caption import SAMPLE_IMAGES, add_model_arguments, add_tracking_arguments
-from jobs.evaluate import add_sweep_arguments, comma_list
-from pipeline.config import DEFAULT_PROMPT
+from jobs.caption import (
+    SAMPLE_IMAGES,
+    add_model_arguments,
+    add_tracking_arguments,
+    drop_config,
+    generate_options,
+    model_config,
+    tracking_config,
+)
+from jobs.evaluate import add_sweep_arguments, comma_list, sweep_parser
+from jobs.flags import add_config_arguments, build, field_default
+from pipeline.experiments.benchmarking import BenchConfig
+from pipeline.model.generation import GenerateOptions
+
+# the sweep a bare `hired benchmark` runs
+METHODS, BUDGETS = "full,hired", "0.4,0.2"
 
 
 def batch_sizes(text: str) -> list[int]:
@@ -32,60 +45,45 @@ def batch_sizes(text: str) -> list[int]:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "benchmark",
-        help="throughput, TTFT and peak memory of methods x budgets x batch sizes (the paper's Table 4)",
-        description=__doc__.split("\n\n")[0],
+    parser = sweep_parser(
+        subparsers, "benchmark", __doc__,
+        "throughput, TTFT and peak memory of methods x budgets x batch sizes (the paper's Table 4)",
+        str(SAMPLE_IMAGES), "images to run: folder, glob, image or manifest (default: the bundled sample images)",
     )
     parser.add_argument(
-        "input", nargs="?", default=str(SAMPLE_IMAGES),
-        help="images to run: folder, glob, image or manifest (default: the bundled sample images)",
-    )
-    parser.add_argument(
-        "--output", "-o", type=Path, default=Path("outputs/benchmark"), help="folder for table.md and table.csv"
+        "--output", "-o", type=Path, default=Path("outputs/benchmark"),
+        help="folder for table.md and table.csv (default: %(default)s)",
     )
     add_model_arguments(parser)
-    add_sweep_arguments(parser, methods="full,hired", budgets="0.4,0.2")
+    add_sweep_arguments(parser, methods=METHODS, budgets=BUDGETS)
     timing = parser.add_argument_group("timing")
-    timing.add_argument("--batch-sizes", type=batch_sizes, default=[1, 2, 4], help="comma list (default: 1,2,4)")
-    timing.add_argument("--repeats", type=int, default=3, help="timed requests per cell; the median is reported")
-    timing.add_argument("--warmup", type=int, default=1, help="untimed requests per cell first")
-    timing.add_argument("--max-new-tokens", type=int, default=16)
     timing.add_argument(
-        "--no-ignore-eos", dest="ignore_eos", action="store_false",
-        help="stop at end of sequence (default: decode exactly --max-new-tokens, so cells do equal work)",
+        "--batch-sizes", type=batch_sizes, default=list(field_default(BenchConfig, "batch_sizes")),
+        help="comma list (default: %(default)s)",
     )
-    timing.add_argument("--prompt", default=DEFAULT_PROMPT)
+    add_config_arguments(timing, BenchConfig, only=("repeats", "warmup", "ignore_eos", "prompt"))
+    add_config_arguments(
+        timing, GenerateOptions, only=("max_new_tokens",),
+        defaults={"max_new_tokens": field_default(BenchConfig, "generate").max_new_tokens},
+    )
     add_tracking_arguments(parser)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.benchmarking import TABLE_CSV, TABLE_MARKDOWN, BenchConfig, BenchResult, run_benchmark
-    from pipeline.evaluation import sweep
-    from pipeline.tracking import TrackingConfig
+    from pipeline.experiments.benchmarking import BenchResult, run_benchmark
+    from pipeline.experiments.settings import TABLE_CSV, TABLE_MARKDOWN, sweep
 
-    config = BenchConfig(
+    config = build(
+        BenchConfig, args, only=("repeats", "warmup", "ignore_eos", "prompt"),
         input=args.input,
         settings=sweep(args.methods, args.budgets),
         batch_sizes=tuple(args.batch_sizes),
-        model=args.model,
-        device=args.device,
-        dtype=args.dtype,
-        repeats=args.repeats,
-        warmup=args.warmup,
-        max_new_tokens=args.max_new_tokens,
-        ignore_eos=args.ignore_eos,
-        prompt=args.prompt,
-        alpha=args.alpha,
-        l_init=args.l_init,
-        l_final=args.l_final,
-        newlines=args.newlines,
-        seed=args.seed,
+        model=model_config(args),
+        drop=drop_config(args),
+        generate=generate_options(args, fields=("max_new_tokens",)),
     )
-    tracking = TrackingConfig(
-        tracking_uri=args.tracking_uri, experiment=args.experiment, run_name=args.run_name, enabled=args.tracking
-    )
+    tracking = tracking_config(args)
 
     def progress(result: BenchResult) -> None:
         if result.out_of_memory:

@@ -19,7 +19,7 @@ count, like PruMerge), no conversion is guessed: every run is placed at the visu
 actually kept on average (metric ``visual_tokens_mean``), which is comparable across all of them.
 The CSV records the x value used (``budget_x``) and its unit (``budget_unit``).
 
-**Accuracy.** The run's ``task`` param names its headline metric (see :data:`pipeline.scoring.TASKS`,
+**Accuracy.** The run's ``task`` param names its headline metric (see :data:`pipeline.experiments.tasks.TASKS`,
 e.g. ``vqa_accuracy``, ``anls``); without one, the first of ``accuracy`` and the tasks' metric
 names that the run has, else any metric ending in ``accuracy``. ``accuracy_metric`` in the CSV
 says which it was.
@@ -37,11 +37,17 @@ from typing import TYPE_CHECKING, Any
 from matplotlib.figure import Figure
 
 from hired_ops.budget import Budget
-from pipeline.scoring import TASKS
-from pipeline.tracking import DEFAULT_EXPERIMENT, KIND_TAG, TrackingConfig, open_client, start_job_run
+from pipeline.experiments.tasks import TASKS
+from pipeline.tracking.runs import (
+    DEFAULT_EXPERIMENT,
+    KIND_TAG,
+    TrackingConfig,
+    open_client,
+    start_job_run,
+)
 
 if TYPE_CHECKING:
-    # MLflow itself is only imported through pipeline.tracking, which sets it up first
+    # MLflow itself is only imported through pipeline.tracking.runs, which sets it up first
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
@@ -177,7 +183,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _runs_by_id(client: MlflowClient, run_ids: Sequence[str], uri: str) -> list[Run]:
     """The runs, in the order given (repeats dropped)."""
-    from mlflow.exceptions import MlflowException  # here, not at the top: open_client sets MLflow up first
+    from mlflow.exceptions import (
+        MlflowException,  # here, not at the top: open_client sets MLflow up first
+    )
 
     runs = []
     for run_id in dict.fromkeys(run_ids):

@@ -7,8 +7,8 @@ Table 3.
 
 Every setting runs the dataset job (same options as ``hired caption``) into
 ``<output>/<setting>/`` and is scored with the task's metric; each is an MLflow child run under
-one parent run that holds the table. See :mod:`pipeline.evaluation` for the manifest columns,
-scoring and resuming, and :mod:`pipeline.scoring` for the metrics.
+one parent run that holds the table. See :mod:`pipeline.experiments.evaluation` for the manifest columns,
+scoring and resuming, and :mod:`pipeline.experiments.scoring` for the metrics.
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from jobs.caption import add_job_arguments, job_config
-from pipeline.scoring import TASKS
+from jobs.caption import add_job_arguments, job_config, tracking_config
+from pipeline.experiments.tasks import TASKS
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_EVAL = REPO / "samples" / "eval"
+# the sweep a bare `hired evaluate` runs
+METHODS, BUDGETS = "hired,full", "0.2,0.4"
 
 
 def comma_list(text: str) -> list[str]:
@@ -49,40 +51,45 @@ def add_sweep_arguments(parser: argparse.ArgumentParser, methods: str, budgets: 
     )
 
 
+def sweep_parser(
+    subparsers: argparse._SubParsersAction, name: str, doc: str, summary: str, input_default: str, input_help: str
+) -> argparse.ArgumentParser:
+    """A sub-command over a sweep: its parser (``conflict_handler="resolve"``, see
+    :func:`add_sweep_arguments`) with the optional positional ``input``."""
+    parser = subparsers.add_parser(name, help=summary, description=doc.split("\n\n")[0], conflict_handler="resolve")
+    parser.add_argument("input", nargs="?", default=input_default, help=input_help)
+    return parser
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "evaluate",
-        help="accuracy of methods x budgets on a labelled set (the paper's Table 3)",
-        description=__doc__.split("\n\n")[0],
-        conflict_handler="resolve",
+    parser = sweep_parser(
+        subparsers, "evaluate", __doc__, "accuracy of methods x budgets on a labelled set (the paper's Table 3)",
+        str(SAMPLE_EVAL / "vqa.jsonl"),
+        "labelled Parquet or JSONL manifest, local or s3://, gs://, http(s):// (default: the bundled samples/eval/vqa.jsonl)",
     )
-    parser.add_argument(
-        "input", nargs="?", default=str(SAMPLE_EVAL / "vqa.jsonl"),
-        help="labelled Parquet or JSONL manifest, local or s3://, gs://, http(s):// "
-        "(default: the bundled samples/eval/vqa.jsonl)",
-    )
-    parser.add_argument("--output", "-o", default="outputs/eval", help="root folder; one sub-folder per setting")
+    parser.add_argument("--output", "-o", default="outputs/eval", help="root folder; one sub-folder per setting (default: %(default)s)")
     parser.add_argument(
         "--task", choices=sorted(TASKS), default=None,
         help="sets the prompt and the metric (default: the manifest's 'task' column)",
     )
     add_job_arguments(parser)
-    add_sweep_arguments(parser, methods="hired,full", budgets="0.2,0.4")
+    add_sweep_arguments(parser, methods=METHODS, budgets=BUDGETS)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.evaluation import EvalConfig, SettingResult, run_evaluation, sweep
-    from pipeline.tracking import TrackingConfig
+    from pipeline.experiments.evaluation import (
+        EvalConfig,
+        SettingResult,
+        run_evaluation,
+    )
+    from pipeline.experiments.settings import sweep
 
     settings = sweep(args.methods, args.budgets)
-    # job_config builds one job from single-valued --method/--budget; the sweep replaces both per
-    # setting, so the first setting stands in for them here
-    single = argparse.Namespace(**vars(args), method=settings[0].method, budget=settings[0].budget)
-    config = EvalConfig(job=job_config(single), settings=settings, task=args.task)
-    tracking = TrackingConfig(
-        tracking_uri=args.tracking_uri, experiment=args.experiment, run_name=args.run_name, enabled=args.tracking
-    )
+    # the sweep's --methods/--budgets replace the job's single --method/--budget: each setting
+    # applies its own to the job's dropping
+    config = EvalConfig(job=job_config(args), settings=settings, task=args.task)
+    tracking = tracking_config(args)
 
     def progress(result: SettingResult) -> None:
         headline = ", ".join(f"{name} {value:.3f}" for name, value in result.metrics.items())

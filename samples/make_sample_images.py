@@ -4,7 +4,7 @@ Run from anywhere:  python samples/make_sample_images.py
 
 The images are synthetic but recognisable scenes (sky, sun, mountains, a house,
 a street, shapes, text) so a captioning model has something to describe, and
-they deliberately cover the formats and pixel modes ``pipeline.images`` must
+they deliberately cover the formats and pixel modes ``pipeline.data.images`` must
 handle: JPEG/PNG/WebP/GIF, landscape/portrait/panorama/square, grayscale,
 palette with transparency, RGBA, and an EXIF-rotated JPEG (orientation 6).
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
-
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def tiny_next():
     """``(model, processor)``: tiny LLaVA-NeXT at the real 336/14 geometry."""
-    from pipeline.model_factory import build_model
+    from pipeline.model.builtin import build_model
 
     return build_model("llava-next", "tiny")
 
@@ -29,7 +29,7 @@ def tiny_next():
 @pytest.fixture(scope="session")
 def tiny_llava():
     """``(model, processor)``: tiny LLaVA-1.5 (one partition)."""
-    from pipeline.model_factory import build_model
+    from pipeline.model.builtin import build_model
 
     return build_model("llava", "tiny")
 
@@ -37,7 +37,7 @@ def tiny_llava():
 @pytest.fixture(scope="session")
 def tiny_next_dir(tmp_path_factory) -> Path:
     """The tiny LLaVA-NeXT saved to disk, loadable with ``from_pretrained``."""
-    from pipeline.model_factory import save_model
+    from pipeline.model.builtin import save_model
 
     return save_model(tmp_path_factory.mktemp("models") / "tiny-llava-next", "llava-next", "tiny")
 
@@ -52,7 +52,8 @@ def ray_local():
             num_cpus=4,
             include_dashboard=False,
             log_to_driver=False,
-            _temp_dir="/tmp/hired-ray",
+            # one temp dir per test session: sessions running side by side must not share sockets
+            _temp_dir=tempfile.mkdtemp(prefix="hired-ray-", dir="/tmp"),
             ignore_reinit_error=True,
         )
     yield ray

@@ -11,18 +11,17 @@ import torch
 
 from hired_ops import DropConfig
 from jobs.cli import main
-from pipeline.benchmarking import (
-    TABLE_CSV,
-    TABLE_MARKDOWN,
-    BenchConfig,
+from pipeline.experiments.benchmarking import BenchConfig
+from pipeline.experiments.measure import (
     batch_of,
     load_images,
     peak_memory,
     time_request,
 )
-from pipeline.engine import GenerateOptions, HiredVLM
-from pipeline.evaluation import Setting
-from pipeline.tracking import KIND_TAG, TrackingConfig, open_client
+from pipeline.experiments.settings import TABLE_CSV, TABLE_MARKDOWN, Setting
+from pipeline.model.generation import GenerateOptions
+from pipeline.model.vlm import HiredVLM
+from pipeline.tracking.runs import KIND_TAG, TrackingConfig, open_client
 from tests.conftest import REPO
 
 SAMPLE_IMAGES = REPO / "samples" / "images"
@@ -57,20 +56,20 @@ def test_one_request_times_each_step(tiny_next):
 
 
 @pytest.mark.parametrize(
-    ("overrides", "message"),
+    ("build", "message"),
     [
-        ({"batch_sizes": (0,)}, "batch sizes must be >= 1"),
-        ({"repeats": 0}, "repeats must be >= 1"),
-        ({"warmup": -1}, "warmup must be >= 0"),
-        ({"max_new_tokens": 0}, "max_new_tokens must be >= 1"),
-        ({"alpha": 2.0}, "alpha must be in"),
-        ({"settings": ()}, "at least one setting"),
+        (lambda v: BenchConfig(**v, batch_sizes=(0,)), "batch sizes must be >= 1"),
+        (lambda v: BenchConfig(**v, repeats=0), "repeats must be >= 1"),
+        (lambda v: BenchConfig(**v, warmup=-1), "warmup must be >= 0"),
+        (lambda v: BenchConfig(**v, generate=GenerateOptions(max_new_tokens=0)), "max_new_tokens must be >= 1"),
+        (lambda v: BenchConfig(**v, drop=DropConfig(alpha=2.0)), "alpha must be in"),
+        (lambda v: BenchConfig(**{**v, "settings": ()}), "at least one setting"),
     ],
 )
-def test_config_is_validated(overrides, message):
-    values = {"input": str(SAMPLE_IMAGES), "settings": (Setting("full"),), **overrides}
+def test_config_is_validated(build, message):
+    values = {"input": str(SAMPLE_IMAGES), "settings": (Setting("full"),)}
     with pytest.raises(ValueError, match=message):
-        BenchConfig(**values)
+        build(values)
 
 
 @pytest.mark.slow

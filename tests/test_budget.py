@@ -7,7 +7,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hired_ops import Budget, DropConfig, PartitionLayout, allocate, capped_proportional, drop_image, largest_remainder
+from hired_ops import (
+    Budget,
+    DropConfig,
+    PartitionLayout,
+    allocate,
+    capped_proportional,
+    drop_image,
+    largest_remainder,
+)
 from hired_ops.vision import VisionGeometry
 
 PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]

@@ -19,11 +19,12 @@ import pytest
 from PIL import Image
 
 from hired_ops import DropConfig
-from pipeline.config import JobConfig, PoolConfig
-from pipeline.engine import GenerateOptions, HiredVLM
-from pipeline.images import decode_image
-from pipeline.job import run_job
-from pipeline.synthetic import random_image
+from pipeline.batch.config import JobConfig, PoolConfig
+from pipeline.batch.driver import run_job
+from pipeline.data.images import decode_image
+from pipeline.data.synthetic import random_image
+from pipeline.model.generation import GenerateOptions
+from pipeline.model.vlm import HiredVLM
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -68,7 +69,7 @@ def small_job(input: str, output: str, **overrides) -> JobConfig:
     values = dict(
         input=input,
         output=output,
-        max_new_tokens=6,
+        generate=GenerateOptions(max_new_tokens=6),
         vision=PoolConfig(batch_size=4),
         llm=PoolConfig(batch_size=4),
         decode_batch_size=4,
@@ -119,7 +120,7 @@ def test_pipeline_output_equals_direct_api(tmp_path, ray_local, tiny_next):
         random_image(height, width, seed=7 + i).save(folder / f"img_{i}.png")
     for method, budget in (("hired", "0.2"), ("spatial", "300"), ("full", None)):
         out = tmp_path / f"out-{method}"
-        run_job(small_job(str(folder), str(out), method=method, budget=budget))
+        run_job(small_job(str(folder), str(out), drop=DropConfig(method=method, budget=budget)))
         rows = {r["id"]: r for r in read_output(str(out))}
         model, processor = tiny_next
         vlm = HiredVLM(model, processor, DropConfig(method=method, budget=budget))
@@ -154,6 +155,7 @@ def test_resume_skips_rows_already_written(tmp_path, ray_local):
     out = tmp_path / "out"
     first = run_job(small_job(str(tmp_path / "images"), str(out), limit=7))
     assert first.images == 7
+    assert first.skipped == 0  # rows --limit leaves for later were not done before
     second = run_job(small_job(str(tmp_path / "images"), str(out)))
     assert second.skipped == 7 and second.images == len(names) - 7
     ids = [r["id"] for r in read_output(str(out))]

@@ -13,18 +13,15 @@ import pytest
 
 from jobs import compare
 from jobs.cli import main
-from pipeline.evaluation import (
+from pipeline.experiments.evaluation import (
     PREDICTIONS_ARTIFACT,
     SETTING_FILE,
-    TABLE_CSV,
-    TABLE_MARKDOWN,
-    Setting,
-    load_labelled_set,
     score_answers,
-    sweep,
 )
-from pipeline.scoring import get_task
-from pipeline.tracking import KIND_TAG, TrackingConfig, open_client
+from pipeline.experiments.labelled import load_labelled_set
+from pipeline.experiments.settings import TABLE_CSV, TABLE_MARKDOWN, Setting, sweep
+from pipeline.experiments.tasks import get_task
+from pipeline.tracking.runs import KIND_TAG, TrackingConfig, open_client
 from tests.conftest import REPO
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""Tests for pipeline.images.decode_image: formats, pixel modes, EXIF, and bad input."""
+"""Tests for pipeline.data.images.decode_image: formats, pixel modes, EXIF, and bad input."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, ImageOps
 
-from pipeline.images import DecodeLimits, ImageDecodeError, decode_image
+from pipeline.data.images import DecodeLimits, ImageDecodeError, decode_image
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "images"
 ORIENTATION = 0x0112

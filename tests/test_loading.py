@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from hired_ops import DropConfig
-from pipeline.engine import GenerateOptions, HiredVLM
-from pipeline.loading import ModelNotFoundError, load_model
-from pipeline.model_factory import build_model, parse_builtin
-from pipeline.synthetic import random_image
+from pipeline.data.synthetic import random_image
+from pipeline.model.builtin import build_model, parse_builtin
+from pipeline.model.generation import GenerateOptions
+from pipeline.model.loading import ModelNotFoundError, load_model
+from pipeline.model.vlm import HiredVLM
 
 
 def test_saved_model_loads_with_from_pretrained_and_answers_the_same(tiny_next, tiny_next_dir):

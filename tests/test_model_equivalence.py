@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from hired_ops import DropConfig, capture_cls_attention, encode_and_drop, vision_tower
-from pipeline.engine import GenerateOptions, HiredVLM
-from pipeline.synthetic import random_image
+from pipeline.data.synthetic import random_image
+from pipeline.model.generation import GenerateOptions
+from pipeline.model.vlm import HiredVLM
 
 # (height, width): square, landscape, portrait, panorama
 SIZES = [(672, 672), (600, 1000), (1000, 600), (300, 1000)]

@@ -20,17 +20,15 @@ import yaml
 from PIL import Image
 
 from hired_ops import DropConfig
-from pipeline.engine import GenerateOptions, HiredVLM
-from pipeline.text_stream import TextStream, truncate_at_stop
-from pipeline.serving import (
-    ApiError,
-    ServeConfig,
-    build_app,
-    check_remote_url,
-    decode_data_url,
-    parse_chat_request,
-)
-from pipeline.synthetic import random_image
+from pipeline.data.synthetic import random_image
+from pipeline.model.generation import GenerateOptions
+from pipeline.model.text_stream import TextStream, truncate_at_stop
+from pipeline.model.vlm import HiredVLM
+from pipeline.serve.app import build_app
+from pipeline.serve.config import ServeConfig
+from pipeline.serve.errors import ApiError
+from pipeline.serve.images import check_remote_url, decode_data_url
+from pipeline.serve.protocol import parse_chat_request
 
 REPO = Path(__file__).resolve().parents[1]
 YAML_PATH = REPO / "cluster" / "serve" / "serve_config.yaml"
@@ -63,11 +61,11 @@ def yaml_args() -> dict:
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
+    "args, match",
     [
-        ({"method": "magic"}, "unknown method"),
-        ({"method": "full", "allowed_methods": ("hired",)}, "must be in allowed_methods"),
-        ({"budget": "lots"}, "not a number"),
+        ({"drop": {"method": "magic"}}, "unknown method"),
+        ({"drop": {"method": "full"}, "allowed_methods": ("hired",)}, "must be in allowed_methods"),
+        ({"drop": {"budget": "lots"}}, "not a number"),
         ({"max_batch_size": 0}, "max_batch_size"),
         ({"max_batch_size": 32, "max_ongoing_requests": 8}, "fill a batch"),
         ({"allowed_image_hosts": ("http://evil/",)}, "host names"),
@@ -75,18 +73,19 @@ def yaml_args() -> dict:
         ({"vision": {"num_replicas": 0}}, "num_replicas"),
         ({"llm": {"gpus": 1}}, "num_gpus"),
         ({"default_max_tokens": 100, "max_tokens_limit": 10}, "max_tokens_limit"),
+        ({"model": {"dtype": "float8"}}, "dtype"),
     ],
 )
-def test_config_rejects_bad_settings(kwargs, match):
+def test_config_rejects_bad_settings(args, match):
     with pytest.raises(ValueError, match=match):
-        ServeConfig(**kwargs)
+        ServeConfig.from_dict(args)
 
 
 def test_config_budget_range_in_tokens():
-    config = ServeConfig(budget="20%", min_budget=64, max_budget=0.5)
+    config = ServeConfig(drop=DropConfig(budget="20%"), min_budget=64, max_budget=0.5)
     assert config.budget_range(MAX_VISUAL) == (64, 1440)
     with pytest.raises(ValueError, match="outside"):
-        ServeConfig(budget=1000, max_budget=0.25).budget_range(MAX_VISUAL)
+        ServeConfig(drop=DropConfig(budget=1000), max_budget=0.25).budget_range(MAX_VISUAL)
     with pytest.raises(ValueError, match="above max_budget"):
         ServeConfig(min_budget=0.5, max_budget=100).budget_range(MAX_VISUAL)
     with pytest.raises(ValueError, match="unknown ServeConfig field"):
@@ -119,16 +118,17 @@ def test_cli_flags_make_the_config(monkeypatch):
     serve_cli.add_parser(parser.add_subparsers())
     args = parser.parse_args(
         ["serve", "--method", "spatial", "--budget", "300", "--allowed-methods", "spatial,hired", "--max-budget", "0.5",
-         "--allow-image-host", "img.example.com", "--batch-wait-ms", "20", "--num-gpus", "1"]
+         "--allow-image-host", "img.example.com", "--batch-wait-timeout-s", "0.02", "--num-gpus", "1", "--l-init", "2"]
     )
     config = serve_cli.config_from_args(args)
-    assert (config.method, str(config.budget), config.allowed_methods) == ("spatial", "300", ("spatial", "hired"))
+    assert (config.drop.method, str(config.drop.budget), config.allowed_methods) == ("spatial", "300", ("spatial", "hired"))
+    assert config.drop.l_init == 2  # every dropping setting reaches the endpoint
     assert config.api_key == "env-key" and config.allowed_image_hosts == ("img.example.com",)
     assert config.batch_wait_timeout_s == pytest.approx(0.02) and config.llm.num_gpus == 1.0
 
 
 def _parse(body: dict, **config) -> object:
-    return parse_chat_request(body, ServeConfig(**config), MAX_VISUAL)
+    return parse_chat_request(body, ServeConfig.from_dict(config), MAX_VISUAL)
 
 
 def test_parse_request_and_override():
@@ -267,13 +267,13 @@ def server(ray_local, image_host) -> str:
     """Base URL of the application deployed from the committed YAML's args, with test limits."""
     from ray import serve
 
-    from pipeline.serving import start
+    from pipeline.serve.app import start
 
     args = yaml_args() | {
         "api_key": KEY,
         "allowed_image_hosts": [image_host],
         "max_image_bytes": 500_000,
-        "max_image_pixels": 4_000_000,
+        "decode": {"max_pixels": 4_000_000},
         "max_tokens_limit": 64,
     }
     url = start(ServeConfig.from_dict(args), host="127.0.0.1", port=free_port())

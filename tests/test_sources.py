@@ -1,4 +1,4 @@
-"""Tests for pipeline.sources: listing directories, globs, files and manifests
+"""Tests for pipeline.data.sources: listing directories, globs, files and manifests
 locally, over a loopback S3 server (moto) and over loopback HTTP."""
 
 from __future__ import annotations
@@ -16,14 +16,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.images import decode_image
-from pipeline.sources import (
+from pipeline.data.images import decode_image
+from pipeline.data.rows import InputError, InputRow
+from pipeline.data.sources import list_inputs
+from pipeline.data.storage import (
     IMAGE_EXTENSIONS,
-    InputError,
-    InputRow,
     default_storage_options,
     is_image_path,
-    list_inputs,
     read_bytes,
     resolve_storage_options,
 )

@@ -29,25 +29,34 @@ from PIL import Image
 
 from hired_ops import DropConfig
 from jobs import compare
-from pipeline.engine import HiredVLM
-from pipeline.schema import OUTPUT_SCHEMA, empty_row
-from pipeline.tracking import (
+from pipeline.batch.config import JobConfig
+from pipeline.batch.schema import OUTPUT_COLUMNS, OUTPUT_SCHEMA
+from pipeline.model.vlm import HiredVLM
+from pipeline.tracking.figures import (
+    draw_kept_patches,
+    kept_masks,
+    partition_pixels,
+    resolve_layout,
+    shade_partition,
+)
+from pipeline.tracking.job_metrics import job_metrics
+from pipeline.tracking.memory import peak_memory_stats
+from pipeline.tracking.results import (
     CONFIG_ARTIFACT,
-    KIND_TAG,
     HISTOGRAM_ARTIFACT,
     KEPT_PATCHES_DIR,
+    KIND_TAG,
     SAMPLE_ARTIFACT,
+    log_job_results,
+    track_job,
+)
+from pipeline.tracking.runs import (
     JobRun,
     TrackingConfig,
     git_commit,
-    job_metrics,
-    log_job_results,
     package_version,
-    peak_memory_stats,
     start_job_run,
-    track_job,
 )
-from pipeline.visualize import draw_kept_patches, kept_masks, partition_pixels, resolve_layout, shade_partition
 
 MIB = 2**20
 PROMPT = "Describe the image."
@@ -72,6 +81,13 @@ JOB_PARAMS = {
     "images": 5,
 }
 MIN_PNG_BYTES = 5_000
+
+
+def empty_row(**values) -> dict:
+    """An output row with every column, unset ones null."""
+    unknown = set(values) - set(OUTPUT_COLUMNS)
+    assert not unknown, f"not output columns: {sorted(unknown)}"
+    return {**dict.fromkeys(OUTPUT_COLUMNS), **values}
 
 
 def smooth_image(height: int, width: int, seed: int) -> Image.Image:
@@ -271,9 +287,9 @@ def test_job_metrics_when_every_row_failed_and_on_bad_input(job_output):
 
 
 def test_actors_can_import_tracking_without_mlflow():
-    # Every actor imports pipeline.tracking for peak_memory_stats: MLflow (~120 MiB) must not come
+    # Every actor imports the stages module (and through it peak_memory_stats): MLflow (~120 MiB) must not come
     # with it, or each actor's reported peak would include it.
-    code = "import sys, pipeline.tracking; print(sorted({'mlflow', 'matplotlib'} & set(sys.modules)))"
+    code = "import sys, pipeline.batch.stages; print(sorted({'mlflow', 'matplotlib'} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip() == "[]"
 
@@ -435,22 +451,23 @@ def test_nested_failed_and_disabled_runs(tmp_path, monkeypatch):
 
 
 class FakeJobConfig:
-    """Stands in for a job's config: a nested dict with secrets already masked."""
+    """Stands in for a job's config: a nested dict with secrets already masked, and its params."""
 
     def to_dict(self) -> dict:
-        return {"model": "hired/tiny-llava-next", "method": "hired", "budget": "0.2", "vision": {"size": 2}}
+        return {"model": {"name": "hired/tiny-llava-next"}, "drop": {"method": "hired", "budget": "0.2"}, "vision": {"size": 2}}
+
+    def to_params(self) -> dict:
+        return {"model": "hired/tiny-llava-next", "method": "hired", "budget": "0.2", "vision.size": 2}
 
 
-def test_track_job_from_cli_arguments(job_output, tmp_path):
+def test_track_job_logs_params_kind_and_summary(job_output, tmp_path):
     from mlflow import MlflowClient
 
     _, _, table, _ = job_output
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = argparse.Namespace(
-        command="caption", tracking_uri=uri, experiment="cli", run_name="from-cli", tracking=True
-    )
+    tracking = TrackingConfig(tracking_uri=uri, experiment="cli", run_name="from-cli")
     summary = argparse.Namespace(table=table, wall_s=2.0, actor_stats=ACTOR_STATS)
-    with track_job(args, FakeJobConfig(), dataset="/data/images") as tracker:
+    with track_job(tracking, FakeJobConfig(), dataset="/data/images", kind="caption") as tracker:
         metrics = tracker.log_summary(summary)
     run = MlflowClient(uri).get_run(tracker.run.run_id)
     assert run.info.run_name == "from-cli" and run.data.tags[KIND_TAG] == "caption"
@@ -462,7 +479,7 @@ def test_track_job_from_cli_arguments(job_output, tmp_path):
     }
     assert run.data.metrics["images_per_s"] == metrics["images_per_s"] == 2.0
 
-    off = argparse.Namespace(**{**vars(args), "tracking": False, "tracking_uri": f"sqlite:///{tmp_path / 'off.db'}"})
+    off = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path / 'off.db'}", enabled=False)
     with track_job(off, FakeJobConfig(), dataset="/data/images") as tracker:
         assert tracker.log_summary(summary) == metrics
     assert not (tmp_path / "off.db").exists()
@@ -499,7 +516,12 @@ def compared_runs(job_output, tmp_path_factory):
     ids = {}
     for name, method, budget, wall_s, accuracy in COMPARED:
         config = TrackingConfig(tracking_uri=uri, experiment="sweep", run_name=name, log_system_metrics=False)
+        # the first two runs are logged as jobs logged them before configs nested, the last as
+        # JobConfig.to_params() logs them now: compare must line both up
         params = {**JOB_PARAMS, "method": method, "budget": budget, "task": "vqa"}
+        if name == COMPARED[-1][0]:
+            job = JobConfig(input="in", output="out", drop=DropConfig(method=method, budget=budget))
+            params = {**job.to_params(), "task": "vqa"}
         with start_job_run(config, params) as run:
             log_job_results(run, table, wall_s, ACTOR_STATS, {}, (), {"vqa_accuracy": accuracy})
         ids[name] = run.run_id

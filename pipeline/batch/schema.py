@@ -32,12 +32,3 @@ OUTPUT_SCHEMA = pa.schema(
 
 OUTPUT_COLUMNS: tuple[str, ...] = tuple(OUTPUT_SCHEMA.names)
 
-
-def empty_row(**values) -> dict:
-    """A row with every column, unset ones null."""
-    row = dict.fromkeys(OUTPUT_COLUMNS)
-    unknown = set(values) - set(row)
-    if unknown:
-        raise KeyError(f"not output columns: {sorted(unknown)}")
-    row.update(values)
-    return row

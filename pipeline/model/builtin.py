@@ -162,8 +162,14 @@ def build_processor(kind: str, tokenizer):
 
 def build_model(kind: str = "llava-next", size: str = "tiny", seed: int = 0, dtype: torch.dtype = torch.float32):
     """Build ``(model, processor)`` of ``kind`` ("llava-next" or "llava") and ``size``."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
-    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+    )
 
     if kind not in KINDS:
         raise ValueError(f"unknown model kind {kind!r}: choose one of {KINDS}")

@@ -16,13 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.data.images import DecodeLimits, decode_image
+from pipeline.data.rows import row_bytes
+from pipeline.model.encoded import TRANSFER_DTYPES, EncodedImage
+from pipeline.model.replica import load_half
+from pipeline.tracking.memory import peak_memory_stats
+
 from .batching import padding_fraction, plan_batches
 from .config import JobConfig
-from .engine import EncodedImage, HiredVLM
-from .images import DecodeLimits, decode_image
-from .loading import load_model
-from .sources import read_bytes
-from .tracking import peak_memory_stats
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +49,10 @@ def decode_batch(
         start = time.perf_counter()
         path = str(batch["path"][i])
         try:
-            data = batch["image_bytes"][i] if "image_bytes" in batch else None
-            if data is None or (isinstance(data, float) and np.isnan(data)):
-                data = read_bytes(path, storage_options)
-            image = decode_image(bytes(data), source=path, limits=limits)
+            inline = batch["image_bytes"][i] if "image_bytes" in batch else None
+            if isinstance(inline, float) and np.isnan(inline):  # Arrow hands back a null as NaN
+                inline = None
+            image = decode_image(row_bytes(path, inline, storage_options), source=path, limits=limits)
             values = image_processor(images=[image], return_tensors="np")["pixel_values"][0]
             if values.ndim == 3:  # single-partition models: one (3, H, W) tile
                 values = values[None]
@@ -111,13 +112,8 @@ class _ModelActor:
     half: str  # the part of the model the actor runs, for keep_half
 
     def __init__(self, config: JobConfig, num_cpus: float) -> None:
-        # Ray sets OMP threads from num_cpus (at least 1) and reuses workers; be explicit.
-        torch.set_num_threads(max(1, round(num_cpus)))
         self.config = config
-        model, processor = load_model(
-            config.model, device=config.device, dtype=config.dtype, seed=config.seed, half=self.half
-        )
-        self.vlm = HiredVLM(model, processor, config.drop_config(), config.transfer_dtype)
+        self.vlm = load_half(config.model, config.drop, self.half, num_cpus)
         self.name = f"{self.role}-{os.getpid()}"
 
     def bookkeeping_columns(self, count: int, started: float) -> dict[str, np.ndarray]:
@@ -170,7 +166,7 @@ class VisionStage(_ModelActor):
     def encoded_columns(self, encoded: list[EncodedImage | None]) -> dict[str, np.ndarray]:
         """``enc_*`` columns; failed rows get empty arrays of the same rank and dtype."""
         width = next((e.features.shape[1] for e in encoded if e is not None), 1)
-        dtype = np.float16 if self.config.transfer_dtype == "float16" else np.float32
+        dtype = TRANSFER_DTYPES[self.config.model.transfer_dtype]
         blank = EncodedImage(
             features=np.zeros((0, width), dtype=dtype),
             partition=np.zeros(0, np.int16),
@@ -193,7 +189,7 @@ class LLMStage(_ModelActor):
 
     def __init__(self, config: JobConfig, num_cpus: float) -> None:
         super().__init__(config, num_cpus)
-        self.options = config.generate_options()
+        self.options = config.generate
         self.prompt_lengths: dict[str, int] = {}
 
     def prompt_length(self, prompt: str) -> int:
@@ -207,11 +203,9 @@ class LLMStage(_ModelActor):
         count = len(batch["id"])
         errors = _errors(batch)
         prompts = [str(p) for p in batch["prompt"]]
-        encoded = {
-            i: EncodedImage.from_row({k: batch[k][i] for k in batch if k.startswith("enc_")})
-            for i in range(count)
-            if errors[i] is None
-        }
+        # failed rows carry empty arrays, so every row has an EncodedImage to count from
+        kept = [EncodedImage.from_row({k: batch[k][i] for k in batch if k.startswith("enc_")}) for i in range(count)]
+        encoded = {i: kept[i] for i in range(count) if errors[i] is None}
         lengths = {i: self.prompt_length(prompts[i]) + e.sequence_length for i, e in encoded.items()}
         order = list(encoded)
         text: list[str | None] = [None] * count
@@ -242,15 +236,10 @@ class LLMStage(_ModelActor):
         out["generated_tokens"] = generated
         out["prompt_tokens"] = prompt_tokens
         out.update(numbers)
-        out["visual_tokens"] = np.array([len(batch["enc_partition"][i]) for i in range(count)], dtype=np.int32)
-        out["sequence_tokens"] = np.array(
-            [len(batch["enc_partition"][i]) + int(np.sum(batch["enc_newline_after"][i])) for i in range(count)],
-            dtype=np.int32,
-        )
-        out["available_tokens"] = np.array([int(np.sum(batch["enc_available"][i])) for i in range(count)], dtype=np.int32)
-        out["partition_budgets"] = _column([np.asarray(batch["enc_budgets"][i], dtype=np.int32) for i in range(count)])
-        out["feature_bytes"] = np.array(
-            [np.asarray(batch["enc_features"][i]).nbytes for i in range(count)], dtype=np.int64
-        )
+        out["visual_tokens"] = np.array([e.num_tokens for e in kept], dtype=np.int32)
+        out["sequence_tokens"] = np.array([e.sequence_length for e in kept], dtype=np.int32)
+        out["available_tokens"] = np.array([e.available_tokens for e in kept], dtype=np.int32)
+        out["partition_budgets"] = _column([e.budgets for e in kept])
+        out["feature_bytes"] = np.array([e.features.nbytes for e in kept], dtype=np.int64)
         out.update(self.bookkeeping_columns(count, called))
         return out

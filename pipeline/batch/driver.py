@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 import uuid
 from collections import defaultdict
@@ -22,12 +23,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
+from pipeline.data.images import decode_image
+from pipeline.data.rows import InputRow, row_bytes
+from pipeline.data.sources import list_inputs
+from pipeline.data.storage import resolve_storage_options
+from pipeline.model.encoded import EncodedImage
+from pipeline.model.loading import load_image_processor
+
 from .config import JobConfig
-from .engine import EncodedImage
-from .images import decode_image
-from .loading import load_image_processor
 from .schema import OUTPUT_COLUMNS, OUTPUT_SCHEMA
-from .sources import InputRow, list_inputs, read_bytes, resolve_storage_options
 from .stages import LLMStage, VisionStage, decode_batch
 
 logger = logging.getLogger(__name__)
@@ -128,8 +132,8 @@ def _to_table(batch: dict[str, np.ndarray], config: JobConfig) -> pa.Table:
     count = len(batch["id"])
     height_width = np.asarray([np.asarray(s) for s in batch["image_size"]]).reshape(count, 2)
     columns: dict[str, Any] = {
-        "method": [config.method] * count,
-        "budget": [config.budget] * count,
+        "method": [config.drop.method] * count,
+        "budget": [None if config.drop.budget is None else str(config.drop.budget)] * count,
         "image_height": height_width[:, 0],
         "image_width": height_width[:, 1],
         "partition_budgets": [np.asarray(b, dtype=np.int32).tolist() for b in batch["partition_budgets"]],
@@ -148,12 +152,13 @@ def _init_ray() -> None:
 
     if ray.is_initialized():
         return
-    # RAY_ADDRESS (a cluster, or "auto") is honoured by ray.init itself; locally a short temp dir
-    # avoids socket paths over the OS limit.
+    # RAY_ADDRESS (a cluster, or "auto") is honoured by ray.init itself
     ray.init(
         include_dashboard=False,
         log_to_driver=os.environ.get("HIRED_RAY_LOGS", "0") == "1",
-        _temp_dir=None if os.environ.get("RAY_ADDRESS") else "/tmp/hired-ray",
+        # a job's own short temp dir: two local jobs never share sessions or sockets, and the
+        # path stays under the OS limit for unix sockets
+        _temp_dir=None if os.environ.get("RAY_ADDRESS") else tempfile.mkdtemp(prefix="hired-ray-", dir="/tmp"),
     )
 
 
@@ -178,7 +183,7 @@ def build_dataset(config: JobConfig, rows: list[InputRow], image_processor: Any)
     cluster_gpus = ray.cluster_resources().get("GPU", 0)
     gpus = {"vision": config.vision.gpus(cluster_gpus), "llm": config.llm.gpus(cluster_gpus)}
     # pixels go to the tower in its dtype: half precision on GPUs, fp32 on CPUs
-    on_gpu = gpus["vision"] > 0 or config.device.startswith("cuda")
+    on_gpu = gpus["vision"] > 0 or config.model.device.startswith("cuda")
     pixel_dtype = "float16" if on_gpu else "float32"
     blocks = max(1, min(len(rows) // config.decode_batch_size, 2000))
     dataset = ray.data.from_items(_rows_for_ray(rows, config.prompt), override_num_blocks=blocks)
@@ -189,7 +194,7 @@ def build_dataset(config: JobConfig, rows: list[InputRow], image_processor: Any)
         num_cpus=1,  # distinct from the actors' resources, so Ray keeps the stages apart
         fn_kwargs={
             "image_processor": image_processor,
-            "limits": config.decode_limits(),
+            "limits": config.decode,
             "storage_options": config.storage_options,
             "pixel_dtype": pixel_dtype,
         },
@@ -223,8 +228,8 @@ def _figure_inputs(
             {**{k: batch[k][i] for k in batch if k.startswith("enc_")}, "enc_features": np.zeros((0, 0))}
         )
         try:
-            data = row.image_bytes if row.image_bytes is not None else read_bytes(row.path, config.storage_options)
-            out.append((decode_image(data, row.path, config.decode_limits()), encoded, str(row_id)))
+            data = row_bytes(row.path, row.image_bytes, config.storage_options)
+            out.append((decode_image(data, row.path, config.decode), encoded, str(row_id)))
         except Exception as error:  # figures are a nicety; the job's rows are already written
             logger.warning("no kept-patch figure for %s: %s", row_id, error)
     return out
@@ -243,9 +248,10 @@ def run_job(config: JobConfig, rows: list[InputRow] | None = None, figures: int 
     fs, root = _output_fs(config)
     done = written_ids(fs, root) if config.resume else set()
     todo = [row for row in rows if row.id not in done]
+    skipped = len(rows) - len(todo)  # already written; rows that --limit leaves for later are not
     if config.limit is not None:
         todo = todo[: config.limit]
-    logger.info("%d inputs, %d already in %s, %d to do", len(rows), len(rows) - len(todo), config.output, len(todo))
+    logger.info("%d inputs, %d already in %s, %d to do", len(rows), skipped, config.output, len(todo))
     fs.makedirs(root, exist_ok=True)
     tables: list[pa.Table] = []
     figure_inputs: list[tuple[Any, EncodedImage, str]] = []
@@ -254,7 +260,7 @@ def run_job(config: JobConfig, rows: list[InputRow] | None = None, figures: int 
     spans: dict[str, set[tuple[float, float]]] = {"vision": set(), "llm": set()}
     if todo:
         # a missing model fails here, in seconds, before Ray starts or any actor loads weights
-        image_processor = load_image_processor(config.model)
+        image_processor = load_image_processor(config.model.name)
         _init_ray()
         dataset = build_dataset(config, todo, image_processor)
         run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
@@ -281,7 +287,7 @@ def run_job(config: JobConfig, rows: list[InputRow] | None = None, figures: int 
     return JobSummary(
         output=config.output,
         images=table.num_rows,
-        skipped=len(rows) - len(todo),
+        skipped=skipped,
         errors=failed,
         wall_s=time.perf_counter() - start,
         generated_tokens=int(pc.sum(table.column("generated_tokens")).as_py() or 0),

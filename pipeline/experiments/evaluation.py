@@ -2,7 +2,7 @@
 way the paper's Table 3 is.
 
 **The labelled set** is one manifest, Parquet or JSON lines, local or any fsspec URL. Per row:
-an image (any column :func:`pipeline.sources.list_inputs` reads: ``image``, ``path``, inline
+an image (any column :func:`pipeline.data.sources.list_inputs` reads: ``image``, ``path``, inline
 bytes, ...), a ``question``, and the labels the task scores against:
 
 * ``vqa``, ``docvqa``, ``chartqa``, ``pope``, ``exact``: ``answers`` (a list of reference
@@ -10,17 +10,17 @@ bytes, ...), a ``question``, and the labels the task scores against:
 * ``multiple_choice``: ``choices`` (a list) and ``answer`` (a letter, a 0-based index or the
   choice's text).
 
-The task (:data:`pipeline.scoring.TASKS`) sets the prompt and the metric. It is named by the
+The task (:data:`pipeline.experiments.tasks.TASKS`) sets the prompt and the metric. It is named by the
 caller, or by the manifest's ``task`` column when every row names the same one. The task's
 prompt replaces any ``prompt`` column: the prompt is part of the benchmark's definition.
 
 **A setting** is a method, with a budget for the budgeted methods (``hired``, ``spatial``,
 ``random``); ``full`` and the PruMerge family choose their own token count, so a sweep runs them
-once whatever the budgets. Each setting runs :func:`pipeline.job.run_job` over every row into
+once whatever the budgets. Each setting runs :func:`pipeline.batch.driver.run_job` over every row into
 ``<output>/<setting>/`` (e.g. ``outputs/eval/hired-0.2/``), then its written answers are scored.
 
 **Scoring.** Every row that produced an answer is scored with the task's scorer; the headline
-numbers are :func:`pipeline.scoring.aggregate` of those scores (for ``pope``: accuracy,
+numbers are :func:`pipeline.experiments.tasks.aggregate` of those scores (for ``pope``: accuracy,
 precision, recall, F1 and yes-ratio). Rows whose image failed to decode have no answer: they are
 left out of the scores and counted as ``failed_rows``, with a warning.
 
@@ -41,13 +41,10 @@ reads the child runs as it reads any job run.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import logging
-import posixpath
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,14 +52,15 @@ import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from fsspec.utils import infer_compression
 
-from hired_ops import BUDGETED, METHODS, Budget
+from pipeline.batch.config import JobConfig
+from pipeline.data.storage import resolve_storage_options
+from pipeline.tracking.results import track_job
+from pipeline.tracking.runs import KIND_TAG, JobRun, TrackingConfig, start_job_run
 
-from .config import JobConfig
-from .scoring import TaskSpec, aggregate, get_task
-from .sources import InputRow, list_inputs, resolve_storage_options
-from .tracking import KIND_TAG, JobRun, TrackingConfig, flatten_params, log_job_results, start_job_run
+from .labelled import LabelledSet, load_labelled_set
+from .settings import TABLE_CSV, TABLE_MARKDOWN, Setting, csv_text
+from .tasks import TaskSpec, aggregate, get_task
 
 logger = logging.getLogger(__name__)
 
@@ -71,213 +69,12 @@ SETTING_KIND = "evaluate"
 # The leading underscore keeps it out of Parquet dataset readers (pyarrow, pandas, Spark skip "_*").
 SETTING_FILE = "_setting.json"
 PREDICTIONS_ARTIFACT = "eval/predictions.json"
-TABLE_CSV = "table.csv"
-TABLE_MARKDOWN = "table.md"
 
-_JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
 # Fields of a setting's JobConfig that change its answers; resuming across a change is refused.
 _ANSWER_FIELDS = (
     "model", "method", "budget", "alpha", "l_init", "l_final", "newlines",
     "max_new_tokens", "temperature", "dtype", "seed",
 )
-_METHOD_LABELS = {
-    "hired": "HiRED",
-    "full": "Full",
-    "spatial": "Spatial",
-    "random": "Random",
-    "prumerge": "PruMerge",
-    "prumerge+": "PruMerge+",
-}
-
-
-# --------------------------------------------------------------------------------------------
-# The grid: methods x budgets
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One point of a sweep: a method and, for the budgeted methods, its budget.
-
-    ``budget`` is kept as the user wrote it after normalisation by :meth:`Budget.parse`
-    (``"0.2"`` a fraction of the model's maximum, ``"576"`` tokens); it is ``None`` for methods
-    that choose their own count.
-    """
-
-    method: str
-    budget: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}: choose from {', '.join(METHODS)}")
-        if self.method in BUDGETED:
-            if self.budget is None:
-                raise ValueError(f"method {self.method!r} needs a budget (e.g. 0.2 or 576)")
-            object.__setattr__(self, "budget", str(Budget.parse(self.budget)))
-        elif self.budget is not None:
-            raise ValueError(f"method {self.method!r} chooses its own token count: give it no budget")
-
-    @property
-    def name(self) -> str:
-        """Folder and run name: ``hired-0.2``, ``spatial-576``, ``full``."""
-        return self.method if self.budget is None else f"{self.method}-{self.budget}"
-
-    @property
-    def label(self) -> str:
-        """Row label as the paper writes it: ``HiRED 20%``, ``Spatial 576 tokens``, ``Full``."""
-        method = _METHOD_LABELS[self.method]
-        if self.budget is None:
-            return method
-        budget = Budget.parse(self.budget)
-        amount = f"{budget.fraction * 100:g}%" if budget.fraction is not None else f"{budget.tokens} tokens"
-        return f"{method} {amount}"
-
-
-def csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
-    """CSV of report rows (a header from the first row's keys), as one string."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-def sweep(methods: Sequence[str], budgets: Sequence[str]) -> tuple[Setting, ...]:
-    """The settings of a methods x budgets sweep, in the order given, without repeats.
-
-    Budgeted methods get one setting per budget; the others one setting in all, since a budget
-    does not change them (a sweep of ``hired,full`` over ``0.2,0.4`` is three settings).
-    """
-    if not methods:
-        raise ValueError("a sweep needs at least one method")
-    if not budgets and any(method in BUDGETED for method in methods):
-        raise ValueError(f"methods {sorted(set(methods) & BUDGETED)} need at least one budget")
-    settings: list[Setting] = []
-    for method in methods:
-        if method in BUDGETED:
-            settings.extend(Setting(method, budget) for budget in budgets)
-        else:
-            settings.append(Setting(method))
-    return tuple(dict.fromkeys(settings))
-
-
-# --------------------------------------------------------------------------------------------
-# The labelled set
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LabelledSet:
-    """A labelled manifest, ready to run: inputs with the task's prompts, and their labels.
-
-    Attributes:
-        manifest: where it was read from.
-        task: the task that prompts and scores it.
-        inputs: one per row, ``prompt`` set to the task's prompt for that row.
-        labels: by row id, what the task's scorer reads (``question`` and ``answers`` /
-            ``answer`` / ``choices``).
-    """
-
-    manifest: str
-    task: TaskSpec
-    inputs: tuple[InputRow, ...]
-    labels: Mapping[str, Mapping[str, Any]]
-
-    def __post_init__(self) -> None:
-        if not self.inputs:
-            raise ValueError(f"labelled set {self.manifest!r} has no rows")
-        missing = [row.id for row in self.inputs if row.id not in self.labels]
-        if missing:
-            raise ValueError(f"rows without labels: {missing[:5]}")
-
-
-def _manifest_format(uri: str) -> str:
-    """``"parquet"`` or ``"json"`` from the file name (JSON may be compressed, ``rows.jsonl.gz``)."""
-    name = posixpath.basename(uri.split("?", 1)[0].rstrip("/")).lower()
-    if infer_compression(name) is not None:
-        name = posixpath.splitext(name)[0]
-    if name.endswith(".parquet"):
-        return "parquet"
-    if name.endswith(_JSON_SUFFIXES):
-        return "json"
-    raise ValueError(
-        f"evaluation input {uri!r} is not a manifest: hired evaluate reads one Parquet or JSON lines "
-        "file (.parquet, .jsonl) with columns image, question and answers (or choices and answer)"
-    )
-
-
-def _resolve_task(requested: str | None, named: set[str], uri: str) -> TaskSpec:
-    if requested is not None:
-        task = get_task(requested)
-        if named and named != {task.name}:
-            logger.warning("manifest %s names task(s) %s; evaluating as %r as asked", uri, sorted(named), task.name)
-        return task
-    if not named:
-        raise ValueError(
-            f"no task given and manifest {uri!r} has no 'task' column: pass --task "
-            "(vqa, docvqa, chartqa, multiple_choice, pope or exact)"
-        )
-    if len(named) > 1:
-        raise ValueError(f"manifest {uri!r} mixes tasks {sorted(named)}: pass --task, or split it by task")
-    return get_task(named.pop())
-
-
-def _label(row: InputRow) -> dict[str, Any]:
-    """What the scorers read, with absent columns left out (the scorers test for presence)."""
-    label: dict[str, Any] = {"id": row.id}
-    for name in ("question", "answers", "answer", "choices"):
-        value = getattr(row, name)
-        if value is not None:
-            label[name] = list(value) if isinstance(value, tuple) else value
-    return label
-
-
-def load_labelled_set(
-    manifest: str,
-    task: str | None = None,
-    storage_options: Mapping[str, Any] | None = None,
-    limit: int | None = None,
-) -> LabelledSet:
-    """Read a labelled manifest and check every row can be prompted and scored.
-
-    Args:
-        manifest: a ``.parquet`` or ``.jsonl`` file, local or any fsspec URL.
-        task: a :data:`pipeline.scoring.TASKS` name; ``None`` takes the manifest's ``task`` column.
-        storage_options: fsspec options for the manifest's filesystem.
-        limit: the first this many rows only.
-
-    Raises:
-        ValueError: not a manifest, unknown or missing task, a row without a question or
-            without the labels its task scores against (the message names the row).
-    """
-    _manifest_format(manifest)  # one manifest file, not a folder of unlabelled images
-    inputs = list_inputs(manifest, dict(storage_options) if storage_options else None, limit=limit)
-    spec = _resolve_task(task, {row.task for row in inputs if row.task}, manifest)
-    labels: dict[str, dict[str, Any]] = {}
-    prompted: list[InputRow] = []
-    for row in inputs:
-        label = _label(row)
-        if not str(label.get("question") or "").strip():
-            raise ValueError(f"manifest {manifest!r}, row {row.id!r}: no question")
-        try:
-            prompt = spec.build_prompt(label)
-            # scoring an empty reply runs every check the real reply will meet: labels present,
-            # the answer one of the choices, POPE labels yes or no
-            spec.score("", label)
-        except (KeyError, ValueError) as error:
-            needs = "'choices' and 'answer'" if spec.name == "multiple_choice" else "'answers'"
-            raise ValueError(
-                f"manifest {manifest!r}, row {row.id!r} cannot be scored as task {spec.name!r} "
-                f"(it needs {needs}): {error}"
-            ) from None
-        labels[row.id] = label
-        prompted.append(dataclasses.replace(row, prompt=prompt))
-    return LabelledSet(manifest, spec, tuple(prompted), labels)
-
-
-# --------------------------------------------------------------------------------------------
-# The sweep
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -311,8 +108,7 @@ class EvalConfig:
         when the rows are listed, not again by the job."""
         return dataclasses.replace(
             self.job,
-            method=setting.method,
-            budget=setting.budget,
+            drop=setting.apply(self.job.drop),
             output=f"{self.job.output.rstrip('/')}/{setting.name}",
             limit=None,
         )
@@ -325,7 +121,7 @@ class SettingResult:
     Attributes:
         setting: the method and budget.
         output: its folder of Parquet answers.
-        metrics: the task's headline numbers (:func:`pipeline.scoring.aggregate`), in [0, 1].
+        metrics: the task's headline numbers (:func:`pipeline.experiments.tasks.aggregate`), in [0, 1].
         scored_rows, failed_rows: rows scored; rows without an answer (image failed).
         visual_tokens_mean: visual tokens kept per image, over the scored rows.
         generated_tokens_per_s: of this run's job (rows resumed from earlier runs not counted).
@@ -396,7 +192,7 @@ class EvalReport:
 
 
 def _fingerprint(job: JobConfig, labelled: LabelledSet) -> dict[str, Any]:
-    values = job.to_dict()
+    values = job.to_params()
     return {
         **{name: values[name] for name in _ANSWER_FIELDS},
         "task": labelled.task.name,
@@ -478,24 +274,22 @@ def score_answers(labelled: LabelledSet, answers: pa.Table) -> tuple[dict[str, f
 def _run_setting(
     config: EvalConfig, labelled: LabelledSet, setting: Setting, tracking: TrackingConfig, parent: JobRun
 ) -> SettingResult:
-    from .job import run_job  # the job driver imports the Ray stages; only running needs them
+    from pipeline.batch.driver import run_job
 
     job = config.setting_job(setting)
     fs, root = fsspec.core.url_to_fs(job.output, **resolve_storage_options(job.output, job.storage_options))
     root = root.rstrip("/")
     _check_setting_folder(fs, root, _fingerprint(job, labelled), job.resume)
-    child_tracking = dataclasses.replace(
-        tracking, run_name=setting.name, tags={**tracking.tags, KIND_TAG: SETTING_KIND}
-    )
-    params = {
-        **flatten_params(job.to_dict()),
-        "dataset": labelled.manifest,
-        "task": labelled.task.name,
-        "setting": setting.name,
-        "prompt_template": labelled.task.prompt_template,
-        "rows": len(labelled.inputs),
-    }
-    with start_job_run(child_tracking, params, parent_run_id=parent.run_id) as run:
+    child_tracking = dataclasses.replace(tracking, run_name=setting.name)
+    with track_job(child_tracking, job, labelled.manifest, SETTING_KIND, parent_run_id=parent.run_id) as tracker:
+        tracker.run.log_params(
+            {
+                "task": labelled.task.name,
+                "setting": setting.name,
+                "prompt_template": labelled.task.prompt_template,
+                "rows": len(labelled.inputs),
+            }
+        )
         summary = run_job(job, rows=list(labelled.inputs))
         new_ids = set(summary.table.column("id").to_pylist())
         earlier = _earlier_answers(fs, root, new_ids) if job.resume else []
@@ -506,11 +300,8 @@ def _run_setting(
             logger.warning(
                 "%s: %d rows had no answer (image failed) and are not scored", setting.name, metrics["failed_rows"]
             )
-        job_metrics = log_job_results(
-            run, summary.table, summary.wall_s, summary.actor_stats, job.to_dict(), summary.figures, metrics
-        )
-        run.log_params({"images": summary.table.num_rows})
-        run.log_json(predictions, PREDICTIONS_ARTIFACT)
+        job_metrics = tracker.log_summary(summary, summary.figures, metrics)
+        tracker.run.log_json(predictions, PREDICTIONS_ARTIFACT)
     ok = answers.filter(pc.is_null(answers["error"]))
     tokens = pc.mean(ok["visual_tokens"]).as_py() if ok.num_rows else None
     return SettingResult(
@@ -522,7 +313,7 @@ def _run_setting(
         visual_tokens_mean=None if tokens is None else float(tokens),
         generated_tokens_per_s=job_metrics["generated_tokens_per_s"],
         new_rows=summary.table.num_rows,
-        run_id=run.run_id,
+        run_id=tracker.run.run_id,
         predictions=predictions,
     )
 
@@ -553,12 +344,12 @@ def run_evaluation(
     parent_params = {
         "task": labelled.task.name,
         "dataset": labelled.manifest,
-        "model": job.model,
+        "model": job.model.name,
         "methods": ",".join(dict.fromkeys(s.method for s in config.settings)),
         "budgets": ",".join(dict.fromkeys(s.budget for s in config.settings if s.budget is not None)),
         "settings": ",".join(s.name for s in config.settings),
         "rows": len(labelled.inputs),
-        "max_new_tokens": job.max_new_tokens,
+        "max_new_tokens": job.generate.max_new_tokens,
         "output": job.output,
     }
     results: list[SettingResult] = []

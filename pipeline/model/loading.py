@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .model_factory import build_image_processor, build_model, parse_builtin
+from .builtin import build_image_processor, build_model, parse_builtin
 
 DEFAULT_MODEL = "hired/tiny-llava-next"
 

@@ -19,29 +19,8 @@ scorer; :func:`aggregate` turns per-row scores into the task's headline numbers.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any
-
-__all__ = [
-    "TASKS",
-    "TaskSpec",
-    "aggregate",
-    "anls",
-    "choice_accuracy",
-    "exact_match",
-    "format_choices",
-    "get_task",
-    "levenshtein",
-    "normalize_vqa_answer",
-    "parse_choice",
-    "parse_number",
-    "parse_yes_no",
-    "pope_metrics",
-    "relaxed_accuracy",
-    "vqa_accuracy",
-]
-
 
 # --------------------------------------------------------------------------------------------
 # VQAv2 answer normalisation
@@ -263,111 +242,6 @@ def exact_match(prediction: str, answers: Sequence[str]) -> float:
 
 
 # --------------------------------------------------------------------------------------------
-# Multiple choice (ScienceQA-style)
-# --------------------------------------------------------------------------------------------
-
-_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-
-# The whole reply is a letter: "B", "b", "(B)", "B.", "B)", "[B]", "B:".
-_BARE_LETTER = re.compile(r"^[\(\[]?([A-Za-z])[\)\]]?[.:)]?$")
-# The reply opens with a letter marked as an option: "B. dog", "(B) dog", "b) dog", "B: dog".
-# A bare lowercase "a " is not accepted here: it is the article far more often than option A.
-_LEADING_LETTER = re.compile(r"^(?:\(([A-Za-z])\)|\[([A-Za-z])\]|([A-Za-z])[.:)])(?:\s|$)")
-# "The answer is B", "Answer: (B)", "answer is option C". The letter must be upper case or
-# bracketed, so "the answer is a dog" is not read as option A.
-_ANSWER_IS_LETTER = re.compile(
-    r"(?i:answer\s*(?:is|:)?\s*:?\s*(?:option\s+)?)(?:\(([A-Za-z])\)|([A-Z]))(?![A-Za-z])"
-)
-
-
-def _letter_index(letter: str, n_choices: int) -> int | None:
-    index = _LETTERS.find(letter.upper())
-    return index if 0 <= index < n_choices else None
-
-
-def _match_choice_text(text: str, choices: Sequence[str]) -> int | None:
-    norm = normalize_vqa_answer(text)
-    norm_choices = [normalize_vqa_answer(c) for c in choices]
-    exact = [i for i, c in enumerate(norm_choices) if c and c == norm]
-    if len(exact) == 1:
-        return exact[0]
-    if exact:
-        return None
-    # A sentence that names exactly one choice ("it is a triangle"). When several match, one
-    # choice may be part of another ("cat" in "cat food"): the longer, containing one wins.
-    padded = f" {norm} "
-    named = [i for i, c in enumerate(norm_choices) if c and f" {c} " in padded]
-    outermost = [i for i in named if not any(j != i and norm_choices[i] in norm_choices[j] for j in named)]
-    return outermost[0] if len(outermost) == 1 else None
-
-
-def parse_choice(prediction: str, choices: Sequence[str]) -> int | None:
-    """Map a model reply to a 0-based choice index, or None when it names no single choice.
-
-    Accepted, in this order: a reply that is only a letter (``"B"``, ``"(B)"``, ``"B."``); a
-    reply that opens with a marked letter (``"B. dog"``, ``"(B) dog"``); a sentence such as
-    ``"The answer is B"``; and the text of a choice, alone or inside a sentence. Letters beyond
-    the number of choices do not count.
-    """
-    text = str(prediction).strip()
-    n = len(choices)
-    for pattern in (_BARE_LETTER, _LEADING_LETTER):
-        m = pattern.match(text)
-        if m:
-            letter = next(g for g in m.groups() if g)
-            index = _letter_index(letter, n)
-            if index is not None:
-                return index
-    m = _ANSWER_IS_LETTER.search(text)
-    if m:
-        letter = next(g for g in m.groups() if g)
-        index = _letter_index(letter, n)
-        if index is not None:
-            return index
-    return _match_choice_text(text, choices)
-
-
-def _answer_index(answer: int | str, choices: Sequence[str]) -> int:
-    if isinstance(answer, bool):
-        raise ValueError(f"multiple-choice answer must be a letter, an index or a choice, got {answer!r}")
-    if isinstance(answer, int):
-        if 0 <= answer < len(choices):
-            return answer
-        raise ValueError(f"answer index {answer} is out of range for {len(choices)} choices")
-    text = str(answer).strip()
-    m = _BARE_LETTER.match(text)
-    if m:
-        index = _letter_index(m.group(1), len(choices))
-        if index is not None:
-            return index
-    norm = normalize_vqa_answer(text)
-    for i, choice in enumerate(choices):
-        if normalize_vqa_answer(choice) == norm:
-            return i
-    # A numeric string is an index only when no choice reads that way: choices are often numbers.
-    if text.isdigit() and int(text) < len(choices):
-        return int(text)
-    raise ValueError(f"answer {answer!r} is neither a letter, an index nor one of the choices {list(choices)!r}")
-
-
-def choice_accuracy(prediction: str, choices: Sequence[str], answer: int | str) -> float:
-    """1.0 when the reply names the correct choice, else 0.0 (see :func:`parse_choice`).
-
-    ``answer`` is a letter (``"B"``), a 0-based index (``1``) or the choice text itself.
-    Raises ValueError when ``answer`` names no choice: that is a broken row, not a wrong reply.
-    """
-    gold = _answer_index(answer, choices)
-    return 1.0 if parse_choice(prediction, choices) == gold else 0.0
-
-
-def format_choices(choices: Sequence[str]) -> str:
-    """Render choices as a prompt block: ``"A. cat\\nB. dog"``."""
-    if len(choices) > len(_LETTERS):
-        raise ValueError(f"at most {len(_LETTERS)} choices can be lettered, got {len(choices)}")
-    return "\n".join(f"{_LETTERS[i]}. {choice}" for i, choice in enumerate(choices))
-
-
-# --------------------------------------------------------------------------------------------
 # ChartQA: relaxed accuracy
 # --------------------------------------------------------------------------------------------
 
@@ -437,14 +311,14 @@ def parse_yes_no(prediction: str) -> bool:
     return "yes" in words
 
 
-def _label_is_yes(label: str) -> bool:
+def label_is_yes(label: str) -> bool:
     norm = " ".join(_words(label))
     if norm in ("yes", "no"):
         return norm == "yes"
     raise ValueError(f"POPE labels are 'yes' or 'no', got {label!r}")
 
 
-def _ratio(numerator: float, denominator: float) -> float:
+def ratio_or_zero(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator else 0.0
 
 
@@ -460,7 +334,7 @@ def pope_metrics(predictions: Sequence[str], labels: Sequence[str]) -> dict[str,
     tp = fp = tn = fn = 0
     for prediction, label in zip(predictions, labels):
         said_yes = parse_yes_no(prediction)
-        is_yes = _label_is_yes(label)
+        is_yes = label_is_yes(label)
         if said_yes and is_yes:
             tp += 1
         elif said_yes:
@@ -470,14 +344,14 @@ def pope_metrics(predictions: Sequence[str], labels: Sequence[str]) -> dict[str,
         else:
             tn += 1
     n = len(labels)
-    precision = _ratio(tp, tp + fp)
-    recall = _ratio(tp, tp + fn)
+    precision = ratio_or_zero(tp, tp + fp)
+    recall = ratio_or_zero(tp, tp + fn)
     return {
-        "accuracy": _ratio(tp + tn, n),
+        "accuracy": ratio_or_zero(tp + tn, n),
         "precision": precision,
         "recall": recall,
-        "f1": _ratio(2 * precision * recall, precision + recall),
-        "yes_ratio": _ratio(tp + fp, n),
+        "f1": ratio_or_zero(2 * precision * recall, precision + recall),
+        "yes_ratio": ratio_or_zero(tp + fp, n),
     }
 
 
@@ -486,120 +360,3 @@ def pope_metrics(predictions: Sequence[str], labels: Sequence[str]) -> dict[str,
 # --------------------------------------------------------------------------------------------
 
 Row = Mapping[str, Any]
-
-
-def _row_answers(row: Row) -> list[str]:
-    # Manifests carry "answers" (a list, VQA-style); a single "answer" string is accepted too.
-    if "answers" in row and row["answers"] is not None:
-        value = row["answers"]
-    elif "answer" in row and row["answer"] is not None:
-        value = row["answer"]
-    else:
-        raise ValueError(f"row {row.get('id', '?')!r} has neither 'answers' nor 'answer'")
-    return [value] if isinstance(value, str) else [str(v) for v in value]
-
-
-def _score_vqa(prediction: str, row: Row) -> float:
-    return vqa_accuracy(prediction, _row_answers(row))
-
-
-def _score_docvqa(prediction: str, row: Row) -> float:
-    return anls(prediction, _row_answers(row))
-
-
-def _score_chartqa(prediction: str, row: Row) -> float:
-    return relaxed_accuracy(prediction, _row_answers(row))
-
-
-def _score_multiple_choice(prediction: str, row: Row) -> float:
-    return choice_accuracy(prediction, row["choices"], row["answer"])
-
-
-def _score_pope(prediction: str, row: Row) -> float:
-    return 1.0 if parse_yes_no(prediction) == _label_is_yes(_row_answers(row)[0]) else 0.0
-
-
-def _score_exact(prediction: str, row: Row) -> float:
-    return exact_match(prediction, _row_answers(row))
-
-
-_SHORT_ANSWER = "{question}\nAnswer the question using a single word or phrase."
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """One evaluation task: how to prompt for a row and how to score the reply.
-
-    ``prompt_template`` holds ``{question}`` and, for multiple choice, ``{choices}`` (filled by
-    :func:`format_choices`). ``metric`` names the headline number :func:`aggregate` reports.
-    ``scorer`` maps ``(prediction, row)`` to a per-row score in [0, 1].
-    """
-
-    name: str
-    prompt_template: str
-    metric: str
-    scorer: Callable[[str, Row], float]
-
-    def score(self, prediction: str, row: Row) -> float:
-        """Score one model reply against its manifest row."""
-        return float(self.scorer(prediction, row))
-
-    def build_prompt(self, row: Row) -> str:
-        """The text prompt for a manifest row (the image goes in separately)."""
-        choices = row.get("choices")
-        if "{choices}" in self.prompt_template and not choices:
-            raise ValueError(f"task {self.name!r} needs 'choices' in row {row.get('id', '?')!r}")
-        return self.prompt_template.format(
-            question=str(row["question"]).strip(),
-            choices=format_choices(choices) if choices else "",
-        )
-
-
-TASKS: dict[str, TaskSpec] = {
-    spec.name: spec
-    for spec in (
-        TaskSpec("vqa", _SHORT_ANSWER, "vqa_accuracy", _score_vqa),
-        TaskSpec("docvqa", _SHORT_ANSWER, "anls", _score_docvqa),
-        TaskSpec("chartqa", _SHORT_ANSWER, "relaxed_accuracy", _score_chartqa),
-        TaskSpec(
-            "multiple_choice",
-            "{question}\n{choices}\nAnswer with the option's letter from the given choices directly.",
-            "choice_accuracy",
-            _score_multiple_choice,
-        ),
-        TaskSpec("pope", _SHORT_ANSWER, "f1", _score_pope),
-        TaskSpec("exact", _SHORT_ANSWER, "exact_match", _score_exact),
-    )
-}
-
-
-def get_task(task: str | TaskSpec) -> TaskSpec:
-    """Look a task up by name; a TaskSpec passes through. Unknown names list the valid ones."""
-    if isinstance(task, TaskSpec):
-        return task
-    try:
-        return TASKS[task]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(sorted(TASKS))}") from None
-
-
-def aggregate(
-    task: str | TaskSpec,
-    per_row_scores: Sequence[float],
-    predictions: Sequence[str],
-    rows: Sequence[Row],
-) -> dict[str, float]:
-    """The headline numbers of a task over a whole set.
-
-    For most tasks ``{metric: mean per-row score}`` (0.0 for an empty set). For ``pope`` the
-    per-row score is plain accuracy, so the result is :func:`pope_metrics` over the replies.
-    """
-    spec = get_task(task)
-    if not (len(per_row_scores) == len(predictions) == len(rows)):
-        raise ValueError(
-            f"aggregate needs one score, prediction and row each: got {len(per_row_scores)} scores, "
-            f"{len(predictions)} predictions, {len(rows)} rows"
-        )
-    if spec.name == "pope":
-        return pope_metrics(predictions, [_row_answers(row)[0] for row in rows])
-    return {spec.metric: _ratio(sum(float(s) for s in per_row_scores), len(per_row_scores))}

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import InputProblem
+
 __all__ = ["ALLOWED_FORMATS", "DecodeLimits", "ImageDecodeError", "decode_image"]
 
 #: Pillow format names ``decode_image`` will open. Restricting ``Image.open`` to
@@ -41,28 +43,14 @@ _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _BACKGROUND = (255, 255, 255)
 
 
-class ImageDecodeError(ValueError):
-    """An input could not be turned into an RGB image.
+class ImageDecodeError(InputProblem):
+    """An input could not be turned into an RGB image."""
 
-    The message names the input (``source``), what is wrong (``problem``) and what
-    to do about it (``hint``); the three parts are also kept as attributes so a
-    caller can record them in structured form.
-    """
+    what = "cannot decode image"
 
-    def __init__(self, source: str, problem: str, hint: str = "") -> None:
-        self.source = source
-        self.problem = problem
-        self.hint = hint
-        message = f"cannot decode image {source!r}: {problem}"
-        if hint:
-            message += f". {hint[0].upper()}{hint[1:]}"
-        super().__init__(message)
-
-    def __reduce__(self):  # type: ignore[override]
-        # Exceptions are pickled as ``cls(*self.args)``; ``args`` holds the single
-        # formatted message, which does not fit this __init__. Ray pickles
-        # exceptions raised in tasks, so rebuild from the original parts.
-        return (type(self), (self.source, self.problem, self.hint))
+    @property
+    def source(self) -> str:
+        return self.subject
 
 
 @dataclass(frozen=True)
@@ -76,6 +64,10 @@ class DecodeLimits:
     only warns above it; ``decode_image`` refuses those too (reading, never
     changing, that global), so the effective cap is
     ``min(max_pixels, Image.MAX_IMAGE_PIXELS)``.
+
+    Attributes:
+        max_pixels: largest image (width x height) decoded, checked from the header first.
+        max_bytes: largest encoded image read.
     """
 
     max_pixels: int = 64_000_000
@@ -89,6 +81,10 @@ class DecodeLimits:
                 raise ValueError(
                     f"DecodeLimits.{name} must be a positive integer, got {value!r}"
                 )
+
+    def to_params(self) -> dict[str, int]:
+        """MLflow params under the names jobs and their flags use."""
+        return {"max_image_pixels": self.max_pixels, "max_image_bytes": self.max_bytes}
 
 
 _DEFAULT_LIMITS = DecodeLimits()

@@ -17,124 +17,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 from transformers.generation.streamers import BaseStreamer
 
-from hired_ops import DropConfig, KeptTokens, VisionGeometry, encode_and_drop
+from hired_ops import DropConfig, VisionGeometry, encode_and_drop
 
+from .encoded import EncodedImage, check_transfer_dtype
+from .generation import GenerateOptions, Generation
 from .loading import load_model
 from .text_stream import TextStream, truncate_at_stop
-
-_TRANSFER_DTYPES = {"float16": np.float16, "float32": np.float32}
-
-
-@dataclass(frozen=True)
-class GenerateOptions:
-    """Decoding settings, named as in OpenAI's and transformers' APIs."""
-
-    max_new_tokens: int = 32
-    temperature: float = 0.0
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if not 0.0 <= self.temperature <= 2.0:
-            raise ValueError(f"temperature must be in [0, 2], got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        object.__setattr__(self, "stop", tuple(self.stop))
-
-
-@dataclass
-class EncodedImage:
-    """One image's kept tokens as plain data: what travels from the vision to the LLM pool.
-
-    Attributes:
-        features: ``(K, D)`` pre-projector features (float16 by default).
-        partition, patch: ``(K,)`` int16, where each token came from (partition 0 = full image).
-        newline_after: ``(K,)`` bool, a row-newline token follows.
-        budgets, available: ``(P,)`` int32, tokens allotted and candidate patches per partition.
-        image_size: original ``(height, width)``; grid: sub-image ``(rows, cols)``.
-    """
-
-    features: np.ndarray
-    partition: np.ndarray
-    patch: np.ndarray
-    newline_after: np.ndarray
-    budgets: np.ndarray
-    available: np.ndarray
-    image_size: tuple[int, int]
-    grid: tuple[int, int]
-
-    @classmethod
-    def from_kept(cls, kept: KeptTokens, dtype: str = "float16") -> EncodedImage:
-        return cls(
-            features=kept.features.detach().float().cpu().numpy().astype(_TRANSFER_DTYPES[dtype]),
-            partition=kept.partition.numpy().astype(np.int16),
-            patch=kept.patch.numpy().astype(np.int16),
-            newline_after=kept.newline_after.numpy().astype(bool),
-            budgets=kept.budgets.numpy().astype(np.int32),
-            available=kept.available.numpy().astype(np.int32),
-            image_size=tuple(int(v) for v in kept.layout.image_size),
-            grid=tuple(int(v) for v in kept.layout.grid),
-        )
-
-    @property
-    def num_tokens(self) -> int:
-        """Visual tokens kept (newlines not counted)."""
-        return int(self.features.shape[0])
-
-    @property
-    def sequence_length(self) -> int:
-        """Positions the image takes in the LLM input, newlines included."""
-        return self.num_tokens + int(self.newline_after.sum())
-
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.features, self.partition, self.patch, self.newline_after))
-
-    def to_row(self, prefix: str = "enc_") -> dict[str, Any]:
-        """Flat columns for a Ray Data / Arrow row."""
-        return {
-            f"{prefix}features": self.features,
-            f"{prefix}partition": self.partition,
-            f"{prefix}patch": self.patch,
-            f"{prefix}newline_after": self.newline_after,
-            f"{prefix}budgets": self.budgets,
-            f"{prefix}available": self.available,
-            f"{prefix}image_size": np.asarray(self.image_size, dtype=np.int32),
-            f"{prefix}grid": np.asarray(self.grid, dtype=np.int32),
-        }
-
-    @classmethod
-    def from_row(cls, row: dict[str, Any], prefix: str = "enc_") -> EncodedImage:
-        features = np.asarray(row[f"{prefix}features"])
-        return cls(
-            features=features.reshape(-1, features.shape[-1]) if features.size else features.reshape(0, 0),
-            partition=np.asarray(row[f"{prefix}partition"], dtype=np.int16),
-            patch=np.asarray(row[f"{prefix}patch"], dtype=np.int16),
-            newline_after=np.asarray(row[f"{prefix}newline_after"], dtype=bool),
-            budgets=np.asarray(row[f"{prefix}budgets"], dtype=np.int32),
-            available=np.asarray(row[f"{prefix}available"], dtype=np.int32),
-            image_size=tuple(int(v) for v in row[f"{prefix}image_size"]),
-            grid=tuple(int(v) for v in row[f"{prefix}grid"]),
-        )
-
-
-@dataclass
-class Generation:
-    """One answer with the numbers a job reports."""
-
-    text: str
-    generated_tokens: int
-    prompt_tokens: int
-    ttft_s: float
-    generate_s: float
 
 
 @dataclass
@@ -193,8 +85,7 @@ class HiredVLM:
     """
 
     def __init__(self, model, processor, drop: DropConfig | None = None, transfer_dtype: str = "float16") -> None:
-        if transfer_dtype not in _TRANSFER_DTYPES:
-            raise ValueError(f"transfer_dtype must be one of {tuple(_TRANSFER_DTYPES)}, got {transfer_dtype!r}")
+        check_transfer_dtype(transfer_dtype)
         self.model = model
         self.processor = processor
         self.drop = drop or DropConfig()
@@ -220,7 +111,7 @@ class HiredVLM:
         transfer_dtype: str = "float16",
         half: str | None = None,
     ) -> HiredVLM:
-        """Load ``name`` (see :func:`pipeline.loading.load_model`; ``half`` keeps one half only)."""
+        """Load ``name`` (see :func:`pipeline.model.loading.load_model`; ``half`` keeps one half only)."""
         model, processor = load_model(name, device=device, dtype=dtype, half=half)
         return cls(model, processor, drop, transfer_dtype)
 

@@ -40,7 +40,7 @@ TILE_INCHES = 2.4
 
 
 class KeptPatches(Protocol):
-    """What the drawing reads from an :class:`~pipeline.engine.EncodedImage` (or a look-alike)."""
+    """What the drawing reads from an :class:`~pipeline.model.encoded.EncodedImage` (or a look-alike)."""
 
     partition: np.ndarray  # (K,) partition of each kept token, 0 = full image
     patch: np.ndarray  # (K,) raster index of each kept token within its partition
@@ -160,7 +160,7 @@ def draw_kept_patches(
 
     Args:
         image: the original image the tokens were encoded from.
-        encoded: its kept tokens (an :class:`~pipeline.engine.EncodedImage`).
+        encoded: its kept tokens (an :class:`~pipeline.model.encoded.EncodedImage`).
         geometry_or_layout: the model's :class:`VisionGeometry`, or the image's
             :class:`PartitionLayout`; ``None`` infers it from ``encoded`` (see :func:`resolve_layout`).
         title: figure title; defaults to the kept and available totals.

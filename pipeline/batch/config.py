@@ -1,0 +1,116 @@
+"""Typed configuration of a dataset job, validated at construction. It nests the configs of the
+parts it drives (model, dropping, decoding, image limits) rather than copying their fields."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from hired_ops import DropConfig
+from pipeline.configs import flat_params
+from pipeline.data.images import DecodeLimits
+from pipeline.model.config import ModelConfig, canonical_drop
+from pipeline.model.generation import DEFAULT_PROMPT, GenerateOptions
+
+# Unset pools on a GPU cluster: one vision and one LLM actor share each GPU.
+AUTO_GPUS_PER_ACTOR = 0.5
+# nested configs whose fields are MLflow params at the top level (method, budget, model, ...)
+INLINE_PARAMS = frozenset({"model", "drop", "generate", "decode"})
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """One Ray actor pool: how many actors, what each holds, how many rows per call.
+
+    Attributes:
+        size: actors in the pool.
+        batch_size: rows per actor call.
+        num_gpus: GPUs per actor, fractions allowed so the vision and LLM pools share one GPU
+            (default: 0.5 when the Ray cluster has GPUs, else 0; Ray hides GPUs from actors that
+            reserve none, so "CUDA when present" needs a reservation).
+        num_cpus: CPUs per actor.
+    """
+
+    size: int = 1
+    batch_size: int = 8
+    num_gpus: float | None = None
+    num_cpus: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise ValueError(f"pool size must be >= 1, got {self.size}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
+        if (self.num_gpus is not None and self.num_gpus < 0) or self.num_cpus < 0:
+            raise ValueError("num_gpus and num_cpus must be >= 0")
+
+    def gpus(self, cluster_gpus: float) -> float:
+        """GPUs each actor reserves on a cluster with ``cluster_gpus`` GPUs."""
+        if self.num_gpus is not None:
+            return self.num_gpus
+        return AUTO_GPUS_PER_ACTOR if cluster_gpus > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """A captioning / question-answering job over a dataset.
+
+    Attributes:
+        input: a folder, glob, image, or Parquet/JSONL manifest (local or any fsspec URL).
+        output: a folder (local or object store) that receives Parquet files.
+        model: the checkpoint and its placement.
+        drop: how visual tokens are dropped (method, budget, ...).
+        generate: decoding (max_new_tokens, temperature, ...).
+        decode: limits on input images (decompression bombs, huge files).
+        prompt: instruction for rows whose manifest gives none.
+        vision, llm: the two actor pools.
+        decode_batch_size: rows per decode task.
+        resume: skip ids already in the output.
+        limit: process at most this many inputs (after resume filtering).
+        max_padding: padding share the LLM stage accepts before it splits a batch by length.
+        storage_options: passed to fsspec for the input and output (credentials, endpoints).
+    """
+
+    input: str
+    output: str
+    model: ModelConfig = field(default_factory=ModelConfig)
+    drop: DropConfig = field(default_factory=DropConfig)
+    generate: GenerateOptions = field(default_factory=GenerateOptions)
+    decode: DecodeLimits = field(default_factory=DecodeLimits)
+    prompt: str = DEFAULT_PROMPT
+    vision: PoolConfig = field(default_factory=PoolConfig)
+    llm: PoolConfig = field(default_factory=PoolConfig)
+    decode_batch_size: int = 8
+    resume: bool = True
+    limit: int | None = None
+    max_padding: float = 0.1
+    storage_options: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.input:
+            raise ValueError("input is required: a folder, glob, image file or manifest")
+        if not self.output:
+            raise ValueError("output is required: a folder for the Parquet files")
+        if self.decode_batch_size < 1:
+            raise ValueError("decode_batch_size must be >= 1")
+        if self.limit is not None and self.limit < 0:
+            raise ValueError("limit must be >= 0")
+        if not 0.0 <= self.max_padding < 1.0:
+            raise ValueError("max_padding must be in [0, 1)")
+        object.__setattr__(self, "drop", canonical_drop(self.drop))
+
+    def to_params(self) -> dict[str, Any]:
+        """Flat MLflow params: ``model``, ``method``, ``budget``, ..., ``vision.size``, ...; the
+        storage options' values are masked (they may hold secrets)."""
+        params = flat_params(self, INLINE_PARAMS)
+        if self.storage_options:
+            params["storage_options"] = {k: "***" for k in self.storage_options}
+        return params
+
+    def to_dict(self) -> dict[str, Any]:
+        """The nested config as JSON-able data (the ``config.json`` artifact), secrets masked."""
+        values = asdict(self)
+        values["drop"]["budget"] = str(self.drop.budget) if self.drop.budget is not None else None
+        if values.get("storage_options"):
+            values["storage_options"] = {k: "***" for k in values["storage_options"]}
+        return values
