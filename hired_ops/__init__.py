@@ -10,7 +10,15 @@ No Ray, no MLflow, no I/O: usable alone on any Hugging Face LLaVA-NeXT or LLaVA 
 from .allocation import ALLOCATIONS, split_budget
 from .attention import CLSCapture, capture_cls_attention, cls_attention_row
 from .budget import Budget, allocate, capped_proportional, largest_remainder
-from .methods import BUDGETED, METHODS, PRESETS, DropConfig, KeptTokens, drop_image, parse_method
+from .methods import (
+    BUDGETED,
+    METHODS,
+    PRESETS,
+    DropConfig,
+    KeptTokens,
+    drop_image,
+    parse_method,
+)
 from .partition import PartitionLayout, select_grid_resolution
 from .selectors import SELECTIONS
 from .vision import VisionGeometry, encode_and_drop, run_tower, vision_tower

@@ -33,7 +33,9 @@ PRESETS: dict[str, tuple[str, str]] = {
 }
 # methods that keep what they choose: no budget, no allocation
 UNBUDGETED: tuple[str, ...] = ("full", "prumerge", "prumerge+")
-METHODS: tuple[str, ...] = ("hired", "full", "spatial", "random", "prumerge", "prumerge+", "visionzip", "divprune", "scope")
+METHODS: tuple[str, ...] = (
+    "hired", "full", "spatial", "random", "prumerge", "prumerge+", "visionzip", "divprune", "scope"
+)
 
 
 def parse_method(method: str) -> tuple[str, str] | None:

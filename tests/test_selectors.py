@@ -20,11 +20,13 @@ from hired_ops import (
     Budget,
     DropConfig,
     PartitionLayout,
+    coverage,
+    divprune,
     drop_image,
     parse_method,
     split_budget,
+    visionzip,
 )
-from hired_ops import coverage, divprune, visionzip
 from hired_ops.vision import VisionGeometry
 
 PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
@@ -352,3 +354,27 @@ def test_every_combination_keeps_exactly_its_budget(size, single, budget, method
     if DropConfig(method=method).selection != "visionzip":
         # only VisionZip merges: everyone else passes kept features through untouched
         assert torch.equal(kept.features, features[kept.partition, kept.patch])
+
+
+@pytest.mark.parametrize("method", COMBINATIONS)
+def test_each_combination_is_exact_on_padded_and_single_partition_images(method):
+    # hypothesis samples combinations; this pins every one of them on two fixed geometries
+    generator = torch.Generator().manual_seed(0)
+    single = PartitionLayout.single((480, 640), 336, 14)
+    geometries = [(GEOMETRY.layout((200, 336)), GEOMETRY.max_tokens), (single, 576)]
+    for layout, max_tokens in geometries:
+        side, P = layout.side, layout.num_partitions
+        available = int(layout.available().sum())
+        for budget in (1, 7, 0.2, available - 1, available, available + 5):
+            kept = drop_image(
+                DropConfig(method=method, budget=budget),
+                layout,
+                torch.randn(P, side * side, 4, generator=generator),
+                max_tokens,
+                torch.rand(side * side, generator=generator),
+                torch.rand(P, side * side, generator=generator),
+                torch.randn(P, side * side, 3, generator=generator),
+            )
+            assert kept.num_tokens == min(Budget.parse(budget).resolve(max_tokens), available)
+            assert kept.budgets.tolist() == [len(k) for k in kept.kept_indices()]
+            assert bool(layout.candidate_mask()[kept.partition, kept.patch].all())
