@@ -19,7 +19,9 @@ coverage    greedy saliency-weighted coverage (SCOPE-like)        final row, fea
 Under ``global`` every selection scores the flattened pool as one: top-k and the dominant
 tokens of VisionZip rank CLS attention across partitions (each partition's row is a softmax of
 its own tile, so scores are comparable shares of attention), DivPrune and coverage measure
-distances between tokens of different partitions. Spatial has no score to rank globally: its
+distances between tokens of different partitions, and VisionZip's contextual targets are spaced
+through the whole image, so a merged group may gather tokens of several partitions (it still
+reports its target's partition and patch). Spatial has no score to rank globally: its
 uniform stride runs through the image's candidates in partition order, which amounts to the
 proportional split.
 """
