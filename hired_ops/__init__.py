@@ -1,4 +1,5 @@
-"""HiRED token dropping in pure torch: budgets, allocation, selection, baselines.
+"""HiRED token dropping in pure torch: budgets, allocation, selection, baselines and newer
+selectors (VisionZip, DivPrune, SCOPE-like coverage), composable as ``"allocation+selection"``.
 
 No Ray, no MLflow, no I/O: usable alone on any Hugging Face LLaVA-NeXT or LLaVA model::
 
@@ -6,15 +7,28 @@ No Ray, no MLflow, no I/O: usable alone on any Hugging Face LLaVA-NeXT or LLaVA 
     kept = encode_and_drop(model, inputs["pixel_values"], inputs["image_sizes"], DropConfig(budget=0.2))
 """
 
+from .allocation import ALLOCATIONS, split_budget
 from .attention import CLSCapture, capture_cls_attention, cls_attention_row
 from .budget import Budget, allocate, capped_proportional, largest_remainder
-from .methods import BUDGETED, METHODS, DropConfig, KeptTokens, drop_image
+from .methods import (
+    BUDGETED,
+    METHODS,
+    PRESETS,
+    DropConfig,
+    KeptTokens,
+    drop_image,
+    parse_method,
+)
 from .partition import PartitionLayout, select_grid_resolution
+from .selectors import SELECTIONS
 from .vision import VisionGeometry, encode_and_drop, run_tower, vision_tower
 
 __all__ = [
+    "ALLOCATIONS",
     "BUDGETED",
     "METHODS",
+    "PRESETS",
+    "SELECTIONS",
     "Budget",
     "CLSCapture",
     "DropConfig",
@@ -28,7 +42,9 @@ __all__ = [
     "drop_image",
     "encode_and_drop",
     "largest_remainder",
+    "parse_method",
     "run_tower",
     "select_grid_resolution",
+    "split_budget",
     "vision_tower",
 ]

@@ -173,7 +173,7 @@ def encode_and_drop(
     capture_layers = tuple(
         layer for need, layer in (("init", config.l_init), ("final", l_final)) if need in config.needs
     )
-    keep_keys = (l_final,) if config.method.startswith("prumerge") else ()
+    keep_keys = (l_final,) if config.needs_keys else ()
     tower = vision_tower(model)
     device = next(tower.parameters()).device
     flat = flatten_partitions(pixel_values, counts).to(device)
