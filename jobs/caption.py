@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hired_ops import METHODS, DropConfig
+from hired_ops import ALLOCATIONS, METHODS, SELECTIONS, DropConfig
 from jobs.flags import add_config_arguments, build
 from pipeline.batch.config import JobConfig, PoolConfig
 from pipeline.data.images import DecodeLimits
@@ -24,7 +24,8 @@ TRACKING_FLAGS = {"enabled": "tracking"}
 GENERATE_FIELDS = ("max_new_tokens", "temperature", "top_p")
 ROLES = ("vision", "llm")
 DROP_HELP = {
-    "method": f"one of {', '.join(METHODS)}",
+    "method": f"a preset ({', '.join(METHODS)}) or allocation+selection, e.g. hired+divprune "
+    f"(allocations: {', '.join(ALLOCATIONS)}; selections: {', '.join(SELECTIONS)})",
     "seed": "seed of the random method and of sampling",
 }
 

@@ -118,7 +118,7 @@ def test_pipeline_output_equals_direct_api(tmp_path, ray_local, tiny_next):
     sizes = [(500, 700), (800, 400), (336, 336), (1200, 300), (640, 640), (300, 900)]
     for i, (height, width) in enumerate(sizes):
         random_image(height, width, seed=7 + i).save(folder / f"img_{i}.png")
-    for method, budget in (("hired", "0.2"), ("spatial", "300"), ("full", None)):
+    for method, budget in (("hired", "0.2"), ("spatial", "300"), ("full", None), ("hired+divprune", "0.2")):
         out = tmp_path / f"out-{method}"
         run_job(small_job(str(folder), str(out), drop=DropConfig(method=method, budget=budget)))
         rows = {r["id"]: r for r in read_output(str(out))}

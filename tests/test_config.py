@@ -123,3 +123,15 @@ def test_help_shows_every_default_as_the_config_has_it(command):
         assert after.split(" --", 1)[0].endswith(f"(default: {value})"), flag
     if command == "serve":
         assert f"(default: {ServeConfig().max_tokens_limit})" in text
+
+
+def test_every_method_string_reaches_jobs_sweeps_and_the_endpoint():
+    from pipeline.experiments.settings import Setting
+
+    combo = "hired+divprune"
+    assert JobConfig(input="in", output="out", drop=DropConfig(method=combo)).to_params()["method"] == combo
+    assert Setting(combo, "0.2").label == f"{combo} 20%" and Setting("visionzip", "0.1").label == "VisionZip 10%"
+    served = ServeConfig(allowed_methods=f"hired,{combo}")
+    assert served.allowed_methods == ("hired", combo)
+    with pytest.raises(ValueError, match="allocation"):
+        ServeConfig(allowed_methods="hired,hired+magic")

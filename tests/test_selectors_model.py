@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from hired_ops import DropConfig
-from pipeline.engine import HiredVLM
-from pipeline.synthetic import random_image
+from pipeline.data.synthetic import random_image
+from pipeline.model.vlm import HiredVLM
 from tests.test_model_equivalence import stock_answer
 
 # square (no padding) and panorama (letterboxed sub-images)

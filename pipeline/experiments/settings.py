@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hired_ops import BUDGETED, METHODS, Budget, DropConfig
+from hired_ops import BUDGETED, Budget, DropConfig, parse_method
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +22,9 @@ _METHOD_LABELS = {
     "random": "Random",
     "prumerge": "PruMerge",
     "prumerge+": "PruMerge+",
+    "visionzip": "VisionZip",
+    "divprune": "DivPrune",
+    "scope": "SCOPE-like",
 }
 
 
@@ -43,8 +46,7 @@ class Setting:
     budget: str | None = None
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}: choose from {', '.join(METHODS)}")
+        parse_method(self.method)  # a preset or "allocation+selection"; the error lists them
         if self.method in BUDGETED:
             if self.budget is None:
                 raise ValueError(f"method {self.method!r} needs a budget (e.g. 0.2 or 576)")
@@ -64,7 +66,7 @@ class Setting:
     @property
     def label(self) -> str:
         """Row label as the paper writes it: ``HiRED 20%``, ``Spatial 576 tokens``, ``Full``."""
-        method = _METHOD_LABELS[self.method]
+        method = _METHOD_LABELS.get(self.method, self.method)  # "hired+divprune" reads as itself
         if self.budget is None:
             return method
         budget = Budget.parse(self.budget)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hired_ops import BUDGETED, METHODS, Budget, DropConfig
+from hired_ops import BUDGETED, METHODS, Budget, DropConfig, parse_method
 from pipeline.configs import from_mapping
 from pipeline.data.images import DecodeLimits
 from pipeline.model.config import ModelConfig, canonical_drop
@@ -99,9 +99,8 @@ class ServeConfig:
         self._set("served_model_name", self.served_model_name or self.model.name)
         self._set("drop", canonical_drop(self.drop))
         self._set("allowed_methods", _names(self.allowed_methods))
-        unknown = [m for m in self.allowed_methods if m not in METHODS]
-        if unknown:
-            raise ValueError(f"unknown method(s) {unknown}: choose from {', '.join(METHODS)}")
+        for method in self.allowed_methods:
+            parse_method(method)  # a preset or "allocation+selection"; the error lists them
         if self.drop.method not in self.allowed_methods:
             raise ValueError(f"the default method {self.drop.method!r} must be in allowed_methods {self.allowed_methods}")
         self._set("min_budget", Budget.parse(self.min_budget))

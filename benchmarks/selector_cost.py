@@ -1,10 +1,7 @@
 """Selector cost (issue 14): time per image of each allocation + selection at a 20% budget,
 against the vision tower that produced its inputs, on the bench-size LLaVA-NeXT.
 
-    python -m benchmarks.selectors [--repeats 3] [--budget 0.2] [--json OUT]
-
-(Run it as a module from the repository root: as a script its folder would come first on the
-path and the file would shadow the standard library's ``selectors``.)
+    python benchmarks/selector_cost.py [--repeats 3] [--budget 0.2] [--json OUT]
 
 The tower runs once on one 640x480 image (the truncated loop with CLS hooks at l_init and
 l_final and the l_final keys kept, as ``encode_and_drop`` runs it when every input is needed);
@@ -24,8 +21,8 @@ import time
 import torch
 
 from hired_ops import DropConfig, VisionGeometry, drop_image, run_tower, vision_tower
-from pipeline.model_factory import build_model
-from pipeline.synthetic import random_image
+from pipeline.data.synthetic import random_image
+from pipeline.model.builtin import build_model
 
 # every preset that spends a budget, plus the new selectors under the other split, so that
 # per-partition and global costs show side by side
