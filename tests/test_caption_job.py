@@ -153,8 +153,12 @@ def test_s3_input_and_output(tmp_path, ray_local, s3_server):
 def test_resume_skips_rows_already_written(tmp_path, ray_local):
     names = make_mixed_images(tmp_path / "images")
     out = tmp_path / "out"
-    first = run_job(small_job(str(tmp_path / "images"), str(out), limit=7))
+    seen = []
+    first = run_job(small_job(str(tmp_path / "images"), str(out), limit=7), on_progress=seen.append)
     assert first.images == 7
+    # progress after every written batch, cumulative, ending at the rows written
+    assert [p.rows_done for p in seen] == sorted(p.rows_done for p in seen) and seen[-1].rows_done == 7
+    assert seen[-1].rows_total == 7 and seen[-1].errors == first.errors
     assert first.skipped == 0  # rows --limit leaves for later were not done before
     second = run_job(small_job(str(tmp_path / "images"), str(out)))
     assert second.skipped == 7 and second.images == len(names) - 7

@@ -31,6 +31,7 @@ from pipeline.model.encoded import EncodedImage
 from pipeline.model.loading import load_image_processor
 
 from .config import JobConfig
+from .progress import Progress, ProgressCallback
 from .schema import OUTPUT_COLUMNS, OUTPUT_SCHEMA
 from .stages import LLMStage, VisionStage, decode_batch
 
@@ -235,13 +236,19 @@ def _figure_inputs(
     return out
 
 
-def run_job(config: JobConfig, rows: list[InputRow] | None = None, figures: int = 4) -> JobSummary:
+def run_job(
+    config: JobConfig,
+    rows: list[InputRow] | None = None,
+    figures: int = 4,
+    on_progress: ProgressCallback | None = None,
+) -> JobSummary:
     """Run a job to completion and return its summary; every input yields one output row.
 
     Args:
         rows: the inputs, when the caller has listed them (evaluation builds its prompts); by
             default ``config.input`` is listed.
         figures: how many images to keep for kept-patch figures.
+        on_progress: called with the job's cumulative :class:`Progress` after each written batch.
     """
     start = time.perf_counter()
     rows = list_inputs(config.input, config.storage_options) if rows is None else rows
@@ -264,12 +271,14 @@ def run_job(config: JobConfig, rows: list[InputRow] | None = None, figures: int 
         _init_ray()
         dataset = build_dataset(config, todo, image_processor)
         run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
-        written = 0
+        progress = Progress(rows_total=len(todo))
         for number, batch in enumerate(dataset.iter_batches(batch_size=None, batch_format="numpy")):
             table = _to_table(batch, config)
             write_part(fs, root, f"part-{run_id}-{number:05d}.parquet", table)
             tables.append(table)
-            written += table.num_rows
+            progress = progress.after(table, time.perf_counter() - start)
+            if on_progress is not None:
+                on_progress(progress)
             if len(figure_inputs) < figures:
                 figure_inputs += _figure_inputs(batch, by_id, config, figures - len(figure_inputs))
             for role in ("vision", "llm"):
@@ -281,7 +290,7 @@ def run_job(config: JobConfig, rows: list[InputRow] | None = None, figures: int 
                     stats["actor"] = str(name)
                     stats["peak_accelerator_bytes"] = max(int(accel), stats.get("peak_accelerator_bytes", 0))
                     stats["peak_host_bytes"] = max(int(host), stats.get("peak_host_bytes", 0))
-            logger.info("%d/%d rows written", written, len(todo))
+            logger.info("%d/%d rows written", progress.rows_done, len(todo))
     table = pa.concat_tables(tables) if tables else OUTPUT_SCHEMA.empty_table()
     failed = table.num_rows - table.column("error").null_count
     return JobSummary(
