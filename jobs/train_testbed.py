@@ -1,6 +1,6 @@
 """``hired train-testbed``: train the small LLaVA-NeXT testbed model on synthetic scenes.
 
-Reproducible from ``--seed``; about 40 minutes on two CPU cores with the defaults. Losses go to
+Reproducible from ``--seed``; about 30 minutes on two (shared) CPU cores with the defaults. Losses go to
 MLflow (experiment ``hired-testbed``), the checkpoint to ``--output`` (``from_pretrained`` loads it).
 """
 
@@ -17,7 +17,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     """Register ``hired train-testbed``."""
     parser = subparsers.add_parser(
         "train-testbed",
-        help="train the testbed LLaVA-NeXT on synthetic scenes (CPU, ~40 min)",
+        help="train the testbed LLaVA-NeXT on synthetic scenes (CPU, ~30 min)",
         description=__doc__.split("\n\n")[0],
     )
     parser.add_argument("--seed", type=int, default=Config.seed)

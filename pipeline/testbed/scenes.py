@@ -5,9 +5,10 @@ function of ``(split, seed, index)`` (:func:`make_scene`), so the train and held
 reproducible and disjoint by construction (they draw from different seed strings).
 
 Sizes are chosen so that each image maps to one of the testbed model's anyres grids (1x2, 2x1,
-2x2, 1x3, 3x1 tiles of 64 px) and objects are ~13-17 canvas pixels (the images are 0.85-1x their canvas): on the squashed 64 px full
-image they shrink to 4-8 px (under one 8 px patch), so their shape and the glyph's identity are
-resolved only by the sub-image tiles, while colour blobs stay visible at the base resolution.
+2x2, 1x3, 3x1 tiles of 64 px) and objects are ~16-22 canvas pixels (the images are 0.85-1x their
+canvas), two to three 8 px patches across in a sub-image tile. On the squashed 64 px full image
+they shrink to 5-11 px, about one patch: their shape and the glyph's identity are resolved by the
+sub-image tiles, while colour blobs stay visible at the base resolution.
 """
 
 from __future__ import annotations
@@ -110,16 +111,16 @@ def _place(rng: random.Random, size: tuple[int, int], side: float, taken: list[T
 def make_scene(split: str, seed: int, index: int) -> Scene:
     """The scene ``index`` of ``split`` ("train" or "heldout") under ``seed``."""
     rng = scene_rng(split, seed, index)
-    # object sizes scale with the image so they are ~13-17 px once resized onto the canvas
+    # object sizes scale with the image so they are ~16-22 px once resized onto the canvas
     size, scale = _image_size(rng)
     background = tuple(rng.randint(215, 250) for _ in range(3))
     things: list[Thing] = []
-    glyph_side = rng.uniform(15, 18) * scale
+    glyph_side = rng.uniform(18, 22) * scale
     x, y = _place(rng, size, glyph_side, things)  # an empty canvas always has room
     glyph = Thing("glyph", "black", x, y, glyph_side, rng.choice(GLYPHS))
     things.append(glyph)
     for _ in range(rng.randint(2, MAX_SHAPES)):
-        side = rng.uniform(13, 17) * scale
+        side = rng.uniform(16, 20) * scale
         spot = _place(rng, size, side, things)
         if spot is None:
             continue

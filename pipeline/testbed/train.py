@@ -72,9 +72,9 @@ class TestbedTrainConfig:
     """
 
     seed: int = 0
-    cls_steps: int = 400
-    caption_steps: int = 150
-    instruct_steps: int = 480
+    cls_steps: int = 700
+    caption_steps: int = 80
+    instruct_steps: int = 320
     batch_size: int = 8
     cls_lr: float = 2e-3
     lr: float = 2e-3
