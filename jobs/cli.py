@@ -9,7 +9,7 @@ import os
 import sys
 
 # Each sub-command lives in its own module exposing ``add_parser(subparsers)`` and ``run(args)``.
-COMMANDS = ("caption", "evaluate", "benchmark", "serve", "compare")
+COMMANDS = ("caption", "evaluate", "benchmark", "serve", "compare", "train_testbed")
 
 
 def build_parser() -> argparse.ArgumentParser:

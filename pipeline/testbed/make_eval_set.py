@@ -1,0 +1,124 @@
+"""Write the held-out evaluation set: scenes as PNG files and vqa, mcq and pope jsonl manifests.
+
+``python -m pipeline.testbed.make_eval_set [--out samples/eval-testbed] [--scenes 48]``
+
+Scenes come from the "heldout" split only (never used for training or tuning). Each scene is
+asked ``QUESTIONS_PER_SCENE`` questions per task, so 48 scenes give 144 questions per task while
+the images stay few and small. Question kinds rotate over the scenes so each kind is about equally
+frequent; POPE questions alternate yes/no and the "no" ones rotate over the random, popular and
+adversarial negatives. The kind is part of each row's id (``vqa-glyph-007``, ``pope-popular-012``).
+Columns are those of ``samples/eval/*.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+from . import questions as q
+from .scenes import make_scene, render
+
+DEFAULT_OUT = Path(__file__).resolve().parents[2] / "samples" / "eval-testbed"
+EVAL_SEED = 0
+QUESTIONS_PER_SCENE = 3
+VQA_ANSWERS = 10  # VQA-style rows carry ten human answers; here all agree
+
+
+def _asked(make, scene, rng: random.Random, first: int, seen: set[str]):
+    """A question not in ``seen`` (and added to it), of kind ``VQA_KINDS[first]`` if the scene
+    supports a new one, else of the next kinds in turn."""
+    kinds = q.VQA_KINDS
+    for attempt in range(3 * len(kinds)):
+        try:
+            made = make(scene, rng, kinds[(first + attempt) % len(kinds)])
+        except ValueError:
+            continue
+        if made.question not in seen:
+            seen.add(made.question)
+            return made
+    raise ValueError(f"scene {scene.key} supports too few distinct questions")
+
+
+def build_rows(scenes: int, seed: int = EVAL_SEED) -> dict[str, list[dict]]:
+    """``{"vqa": rows, "mcq": rows, "pope": rows}`` over ``scenes`` held-out scenes; each row's
+    ``image`` is ``images/heldout-NNN.png``."""
+    rows: dict[str, list[dict]] = {"vqa": [], "mcq": [], "pope": []}
+    kinds = len(q.VQA_KINDS)
+    for index in range(scenes):
+        scene = make_scene("heldout", seed, index)
+        rng = random.Random(f"eval:{seed}:{index}")
+        image = f"images/heldout-{index:03d}.png"
+        seen_open: set[str] = set()
+        seen_choice: set[str] = set()
+        seen_pope: set[str] = set()
+        for j in range(QUESTIONS_PER_SCENE):
+            turn = index * QUESTIONS_PER_SCENE + j
+            open_qa = _asked(q.vqa, scene, rng, turn % kinds, seen_open)
+            rows["vqa"].append(
+                {
+                    "id": f"vqa-{open_qa.kind}-{len(rows['vqa']) + 1:03d}",
+                    "image": image,
+                    "question": open_qa.question,
+                    "answers": [open_qa.answer] * VQA_ANSWERS,
+                    "task": "vqa",
+                }
+            )
+            # offset so a scene's open and multiple-choice questions differ in kind
+            choice = _asked(q.multiple_choice, scene, rng, (turn + 2) % kinds, seen_choice)
+            rows["mcq"].append(
+                {
+                    "id": f"mcq-{choice.kind}-{len(rows['mcq']) + 1:03d}",
+                    "image": image,
+                    "question": choice.question,
+                    "choices": list(choice.choices),
+                    "answer": choice.answer,
+                    "task": "multiple_choice",
+                }
+            )
+            pope_type = q.POPE_TYPES[(turn // 2) % len(q.POPE_TYPES)]
+            # a scene with few objects may have no new "yes" question left: a repeat is kept then
+            for _ in range(20):
+                presence = q.pope(scene, rng, yes=turn % 2 == 0, pope_type=pope_type)
+                if presence.question not in seen_pope:
+                    break
+            seen_pope.add(presence.question)
+            rows["pope"].append(
+                {
+                    "id": f"pope-{presence.pope_type or 'yes'}-{len(rows['pope']) + 1:03d}",
+                    "image": image,
+                    "question": presence.question,
+                    "answers": [presence.answer],
+                    "task": "pope",
+                }
+            )
+    return rows
+
+
+def write_eval_set(out: Path, scenes: int, seed: int = EVAL_SEED) -> dict[str, Path]:
+    """Write images and manifests under ``out``; returns the manifest paths by file stem."""
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    for index in range(scenes):
+        render(make_scene("heldout", seed, index)).save(out / "images" / f"heldout-{index:03d}.png", optimize=True)
+    paths = {}
+    for name, rows in build_rows(scenes, seed).items():
+        paths[name] = out / f"{name}.jsonl"
+        paths[name].write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--scenes", type=int, default=48)
+    parser.add_argument("--seed", type=int, default=EVAL_SEED)
+    args = parser.parse_args(argv)
+    for name, path in write_eval_set(args.out, args.scenes, args.seed).items():
+        print(f"{name}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
