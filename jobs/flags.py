@@ -80,6 +80,8 @@ def _argument(hint: Any, default: Any) -> dict[str, Any]:
         return {"type": _optional_number(base) if optional else base}
     if base is Budget or Budget in args:
         return {"type": str}  # Budget.parse runs in the config, with its own message
+    if base is str and optional:
+        return {"type": _optional_text}
     if typing.get_origin(base) is tuple:
         return {"type": lambda text: tuple(item.strip() for item in text.split(",") if item.strip())}
     return {"type": str}
@@ -89,6 +91,11 @@ def _plain_text(doc: str) -> str:
     """Docstring markup as terminal text: ``x`` and :role:`x` become x; % is escaped for argparse."""
     doc = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", doc)
     return doc.replace("``", "").replace("%", "%%")
+
+
+def _optional_text(text: str) -> str | None:
+    """A parser for ``str | None`` flags: ``none`` (any case) is ``None``."""
+    return None if text.strip().lower() == "none" else text
 
 
 def _shown(value: Any) -> str:

@@ -20,6 +20,7 @@ ALLOWED = {
     "batch": {"model", "data", "tracking"},
     "serve": {"model", "data"},
     "experiments": {"batch", "tracking", "model", "data"},
+    "testbed": {"model", "experiments", "tracking"},
 }
 MAX_LINES = 450
 OUTSIDE = "../" + "shared"  # the folder beside a clone, which users of the repository do not have
@@ -63,4 +64,4 @@ def test_nothing_refers_outside_the_repository():
         path = REPO / name
         if path.suffix in (".py", ".md", ".yaml", ".yml", ".toml", "") and path.is_file():
             text = path.read_text(errors="ignore")
-            assert OUTSIDE not in text and "shared/DESIGN" not in text, name
+            assert OUTSIDE not in text and "shared" + "/DESIGN" not in text, name

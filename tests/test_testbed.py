@@ -114,7 +114,7 @@ def shipped():
     """The shipped weights as a :class:`HiredVLM` (CPU, fp32)."""
     from transformers import AutoProcessor, LlavaNextForConditionalGeneration
 
-    from pipeline.engine import HiredVLM
+    from pipeline.model.vlm import HiredVLM
 
     model = LlavaNextForConditionalGeneration.from_pretrained(WEIGHTS_DIR).eval()
     return HiredVLM(model, AutoProcessor.from_pretrained(WEIGHTS_DIR))
@@ -134,7 +134,7 @@ def test_shipped_weights_drop_to_exact_budgets(shipped):
 def _sample_accuracy(shipped, drop) -> float:
     """Share of the sample's questions answered right (each row's own score; POPE rows count by
     accuracy, which moves by one question at a time, unlike F1)."""
-    from pipeline.scoring import get_task
+    from pipeline.experiments.tasks import get_task
     from pipeline.testbed.evaluate import MANIFESTS, evaluate_task, load_rows
 
     scores = []

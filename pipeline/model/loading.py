@@ -11,6 +11,15 @@ import torch
 from .builtin import build_image_processor, build_model, parse_builtin
 
 DEFAULT_MODEL = "hired/tiny-llava-next"
+# built-in names of checkpoints trained here and shipped in the repository; they load like any
+# saved checkpoint directory
+TESTBED_MODEL = "hired/testbed-llava-next"
+SHIPPED = {TESTBED_MODEL: Path(__file__).resolve().parents[1] / "testbed" / "weights"}
+
+
+def _shipped_or(name: str) -> str:
+    """The directory of a shipped checkpoint's name; any other name as it is."""
+    return str(SHIPPED[name]) if name in SHIPPED else name
 
 
 class ModelNotFoundError(RuntimeError):
@@ -52,6 +61,7 @@ def load_model(
     """
     target = pick_device(device)
     torch_dtype = pick_dtype(target, dtype)
+    name = _shipped_or(name)
     builtin = parse_builtin(name)
     if builtin is not None:
         model, processor = build_model(*builtin, seed=seed, dtype=torch_dtype)
@@ -106,6 +116,7 @@ def keep_half(model: torch.nn.Module, half: str) -> torch.nn.Module:
 
 def load_image_processor(name: str = DEFAULT_MODEL):
     """Only the image processor of ``name``: what CPU decode tasks need, without the weights."""
+    name = _shipped_or(name)
     builtin = parse_builtin(name)
     if builtin is not None:
         return build_image_processor(builtin[0])

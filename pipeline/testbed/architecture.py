@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.model_factory import CHAT_TEMPLATE, SPECIAL_TOKENS
+from pipeline.model.builtin import CHAT_TEMPLATE, SPECIAL_TOKENS
 
 from . import questions as q
 from .scenes import GRIDS, TILE, make_scene
@@ -49,7 +49,7 @@ class TestbedArchitecture:
 
 def tokenizer_corpus(seed: int, scenes: int = 400) -> list[str]:
     """Every kind of text the model reads or writes, from training scenes of ``seed``."""
-    from pipeline.scoring import get_task
+    from pipeline.experiments.tasks import get_task
 
     lines = []
     for index in range(scenes):

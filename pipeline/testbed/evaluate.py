@@ -19,8 +19,9 @@ import torch
 from PIL import Image
 
 from hired_ops import DropConfig
-from pipeline.engine import GenerateOptions, HiredVLM
-from pipeline.scoring import aggregate, get_task
+from pipeline.experiments.tasks import aggregate, get_task
+from pipeline.model.generation import GenerateOptions
+from pipeline.model.vlm import HiredVLM
 
 from . import questions as q
 from .make_eval_set import DEFAULT_OUT

@@ -32,20 +32,17 @@ from torch import nn
 from tqdm import tqdm
 
 from hired_ops import VisionGeometry, vision_tower
-from pipeline.scoring import get_task
+from pipeline.experiments.tasks import get_task
+from pipeline.model.builtin import build_model, build_processor, build_tokenizer
+from pipeline.model.loading import SHIPPED, TESTBED_MODEL
 
 from . import questions as q
-from .architecture import (
-    TestbedArchitecture,
-    build_model,
-    build_processor,
-    build_tokenizer,
-)
+from .architecture import TestbedArchitecture
 from .scenes import COLORS, GLYPHS, SHAPES, TILE, Scene, make_scene, render
 
 logger = logging.getLogger(__name__)
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+WEIGHTS_DIR = SHIPPED[TESTBED_MODEL]
 # Stage-0 labels: each colour-shape pair, each shape, each colour, each glyph.
 CLS_LABELS = (
     [f"{c} {s}" for c in COLORS for s in SHAPES] + list(SHAPES) + list(COLORS) + [f"character {g}" for g in GLYPHS]
@@ -312,7 +309,7 @@ def train_instruct(model, processor, head: ClsHead, config: TestbedTrainConfig, 
 def train(config: TestbedTrainConfig) -> dict[str, float]:
     """Build, train and save the testbed model; returns each stage's last logged losses
     (``"cls/loss"``, ``"instruct/lm_loss"``, ...) and ``wall_s``."""
-    from pipeline.tracking import TrackingConfig, start_job_run
+    from pipeline.tracking.runs import TrackingConfig, start_job_run
 
     torch.set_num_threads(config.threads)
     start = time.perf_counter()
