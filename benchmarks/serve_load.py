@@ -171,15 +171,12 @@ def run_arm(
 
 
 def llm_replica_rss() -> int:
-    """Resident bytes of the LLM replica's process (found through Ray's state API)."""
+    """Resident bytes of the LLM replica's process (it reports its pid; the server is local)."""
     import psutil
-    from ray.util.state import list_actors
+    from ray import serve
 
-    actors = list_actors(filters=[("state", "=", "ALIVE")], detail=True)
-    pids = [a.pid for a in actors if "HiredLLM" in (a.name or "") or "HiredLLM" in (a.repr_name or "")]
-    if len(pids) != 1:
-        raise RuntimeError(f"expected one LLM replica, found {len(pids)}")
-    return psutil.Process(pids[0]).memory_info().rss
+    pid = serve.get_deployment_handle("HiredLLM", app_name="hired").describe.remote().result()["pid"]
+    return psutil.Process(pid).memory_info().rss
 
 
 def _batch_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -97,8 +98,14 @@ class _ModelReplica:
         self.metrics.cancelled.inc()
 
     def describe(self) -> dict[str, Any]:
-        """Model facts the ingress validates against, plus this replica's batch stats."""
-        return {"max_visual_tokens": self.max_visual_tokens, "geometry": self.vlm.geometry, "batches": self.stats.snapshot()}
+        """Model facts the ingress validates against, this replica's batch stats and its process
+        id (for memory checks from outside)."""
+        return {
+            "max_visual_tokens": self.max_visual_tokens,
+            "geometry": self.vlm.geometry,
+            "batches": self.stats.snapshot(),
+            "pid": os.getpid(),
+        }
 
 
 def _raise_if_error(value: T | BaseException) -> T:
@@ -205,18 +212,16 @@ class HiredLLM(_ModelReplica):
         the dict :meth:`generate` returns, for a text that is the concatenation of the deltas.
         """
         item = BatchItem(job, [EncodedImage.from_row(r) for r in rows])
-        finished = False
         try:
             async for event in self._stream_batch(item):
                 if isinstance(event, BaseException):
                     raise event
                 if event["delta"] or "answer" in event:  # steps that add no text stay in this replica
-                    finished = "answer" in event
                     yield event
-        finally:
-            if not finished:  # cancelled, or the consumer closed the stream early
-                item.cancel.set()
-                self._cancelled()
+        except (asyncio.CancelledError, GeneratorExit):  # cancelled, or the consumer closed the stream
+            item.cancel.set()
+            self._cancelled()
+            raise
 
     @serve.batch()  # sized from the ServeConfig in _ModelReplica.__init__
     async def _stream_batch(
