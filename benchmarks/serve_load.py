@@ -1,7 +1,15 @@
-"""Serve load benchmark (issue 5): a bounded load run against the chat completions endpoint on
-loopback, HiRED at a 20% budget vs full (no dropping), in one run against one server.
+"""Serve load benchmark (issues 5 and 11): bounded load runs against the chat completions
+endpoint on loopback, in one run against one server.
 
-    python benchmarks/serve_load.py [--requests 200] [--concurrency 16] [--model hired/tiny-llava-next]
+    python benchmarks/serve_load.py [--scenario dropping|hostile] [--requests N] [--concurrency C]
+
+``--scenario dropping`` (issue 5): HiRED at a 20% budget vs full (no dropping).
+``--scenario hostile`` (issue 11): a clean arm of good requests, then the same good requests with
+a tenth as many hostile ones mixed in (over-long prompts, malformed and too deeply nested bodies,
+bytes that are not an image) plus ``--disconnects`` streamed requests whose clients hang up after
+the first event. Reported: 5xx answers (must be 0), every hostile answer's status, p50/p95 of the
+good requests in both arms and their ratio (target within 1.3x), and the LLM replica's resident
+memory before and after the hostile arm (target within 10%).
 
 It starts a local Ray cluster and the Serve application (``pipeline.serve``) on 127.0.0.1,
 warms it up, then for each arm sends ``--requests`` chat completions from ``--concurrency``
@@ -19,14 +27,18 @@ from __future__ import annotations
 
 import argparse
 import base64
+import http.client
 import io
 import json
 import os
 import platform
+import socket
 import statistics
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from urllib.parse import urlsplit
 
 import requests
 
@@ -47,6 +59,9 @@ class ArmResult:
     requests_per_s: float
     visual_tokens: float
     batches: dict[str, dict[str, int]]
+    statuses: dict[str, int] = field(default_factory=dict)  # status counts of the hostile requests
+    server_errors: int = 0  # 5xx answers of any request
+    disconnects: int = 0
 
 
 def image_urls() -> list[str]:
@@ -64,33 +79,81 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
 
 
-def run_arm(name: str, url: str, model: str, urls: list[str], override: dict | None, args: argparse.Namespace) -> ArmResult:
+def good_body(i: int, model: str, urls: list[str], args: argparse.Namespace, override: dict | None) -> dict:
+    content = [{"type": "text", "text": PROMPT}, {"type": "image_url", "image_url": {"url": urls[i % len(urls)]}}]
+    body = {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": args.max_tokens}
+    if override:
+        body["hired"] = override
+    return body
+
+
+def hostile_request(i: int, model: str) -> dict:
+    """``requests.post`` keyword arguments of the i-th hostile request (each kind in turn)."""
+    kind = i % 4
+    if kind == 0:  # ~9k tokens: past the tiny model's 4096 positions
+        return {"json": {"model": model, "messages": [{"role": "user", "content": "lorem ipsum dolor " * 3000}]}}
+    if kind == 1:
+        return {"data": b'{"model": "' + model.encode() + b'", "messages": [', "headers": {"Content-Type": "application/json"}}
+    if kind == 2:
+        return {"data": b"[" * 50_000 + b"]" * 50_000, "headers": {"Content-Type": "application/json"}}
+    not_image = "data:image/png;base64," + base64.b64encode(b"<html>not an image</html>").decode()
+    content = [{"type": "text", "text": PROMPT}, {"type": "image_url", "image_url": {"url": not_image}}]
+    return {"json": {"model": model, "messages": [{"role": "user", "content": content}]}}
+
+
+def disconnect(url: str, body: dict) -> bool:
+    """A streamed request whose client hangs up after the first event; True if it got that far."""
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=300)
+    try:
+        connection.request("POST", "/v1/chat/completions", json.dumps(body | {"stream": True}), {"Content-Type": "application/json"})
+        reply = connection.getresponse()
+        ok = reply.status == 200 and reply.readline().startswith(b"data: ")
+        connection.sock.shutdown(socket.SHUT_RDWR)
+        return ok
+    except (OSError, AttributeError):  # refused, reset, or the socket already gone
+        return False
+    finally:
+        connection.close()
+
+
+def run_arm(
+    name: str, url: str, model: str, urls: list[str], override: dict | None, args: argparse.Namespace, hostile: bool = False
+) -> ArmResult:
     session = requests.Session()
     # enough pooled connections for every client thread, or threads queue for a socket
     session.mount("http://", requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=args.concurrency))
     before = session.get(f"{url}/v1/stats", timeout=30).json()
+    # the good requests, then one hostile request per ten good ones and the disconnecting clients,
+    # spread evenly through the run
+    jobs: list[tuple[str, int]] = [("good", i) for i in range(args.requests)]
+    if hostile:
+        extra = [("hostile", i) for i in range(args.requests // 10)] + [("disconnect", i) for i in range(args.disconnects)]
+        for n, job in enumerate(extra):
+            jobs.insert(round((n + 0.5) * len(jobs) / len(extra)), job)
 
-    def one(i: int) -> tuple[float, int | None]:
-        content = [{"type": "text", "text": PROMPT}, {"type": "image_url", "image_url": {"url": urls[i % len(urls)]}}]
-        body = {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": args.max_tokens}
-        if override:
-            body["hired"] = override
+    def one(job: tuple[str, int]) -> tuple[str, float, int | None, int | None]:
+        kind, i = job
         start = time.perf_counter()
+        if kind == "disconnect":
+            body = good_body(i, model, urls, args, override) | {"max_tokens": args.disconnect_tokens}
+            return kind, time.perf_counter() - start, None, 0 if disconnect(url, body) else None
+        kwargs = {"json": good_body(i, model, urls, args, override)} if kind == "good" else hostile_request(i, model)
         try:
-            reply = session.post(f"{url}/v1/chat/completions", json=body, timeout=300)
-            ok = reply.status_code == 200 and "choices" in reply.json()
-            tokens = reply.json()["usage"]["visual_tokens"] if ok else None
+            reply = session.post(f"{url}/v1/chat/completions", timeout=300, **kwargs)
+            ok = kind == "good" and reply.status_code == 200 and "choices" in reply.json()
+            return kind, time.perf_counter() - start, reply.status_code, reply.json()["usage"]["visual_tokens"] if ok else None
         except (requests.RequestException, ValueError, KeyError):
-            tokens = None
-        return time.perf_counter() - start, tokens
+            return kind, time.perf_counter() - start, None, None
 
     start = time.perf_counter()
     with ThreadPoolExecutor(args.concurrency) as pool:
-        outcomes = list(pool.map(one, range(args.requests)))
+        outcomes = list(pool.map(one, jobs))
     wall = time.perf_counter() - start
     after = session.get(f"{url}/v1/stats", timeout=30).json()
-    latencies = [t for t, tokens in outcomes if tokens is not None]
-    tokens = [tokens for _, tokens in outcomes if tokens is not None]
+    good = [(t, tokens) for kind, t, _, tokens in outcomes if kind == "good" and tokens is not None]
+    latencies = [t for t, _ in good]
+    tokens = [tokens for _, tokens in good]
     return ArmResult(
         name=name,
         requests=args.requests,
@@ -101,7 +164,19 @@ def run_arm(name: str, url: str, model: str, urls: list[str], override: dict | N
         requests_per_s=len(latencies) / wall,
         visual_tokens=statistics.fmean(tokens) if tokens else float("nan"),
         batches={side: _batch_delta(before[side]["by_size"], after[side]["by_size"]) for side in ("vision", "llm")},
+        statuses=dict(Counter(str(status) for kind, _, status, _ in outcomes if kind == "hostile")),
+        server_errors=sum(1 for _, _, status, _ in outcomes if status is not None and status >= 500),
+        disconnects=sum(1 for kind, _, _, got in outcomes if kind == "disconnect" and got == 0),
     )
+
+
+def llm_replica_rss() -> int:
+    """Resident bytes of the LLM replica's process (it reports its pid; the server is local)."""
+    import psutil
+    from ray import serve
+
+    pid = serve.get_deployment_handle("HiredLLM", app_name="hired").describe.remote().result()["pid"]
+    return psutil.Process(pid).memory_info().rss
 
 
 def _batch_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
@@ -110,12 +185,23 @@ def _batch_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int
     return {size: n for size, n in sorted(delta.items(), key=lambda kv: int(kv[0])) if n}
 
 
+def print_arms(arms: list[ArmResult]) -> None:
+    print("| arm | visual tokens | p50 s | p95 s | mean s | req/s | errors | 5xx | LLM batches by size |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for arm in arms:
+        print(f"| {arm.name} | {arm.visual_tokens:.0f} | {arm.p50_s:.3f} | {arm.p95_s:.3f} | {arm.mean_s:.3f} | "
+              f"{arm.requests_per_s:.2f} | {arm.errors} | {arm.server_errors} | {arm.batches['llm']} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenario", choices=("dropping", "hostile"), default="dropping")
     parser.add_argument("--model", default="hired/tiny-llava-next")
-    parser.add_argument("--requests", type=int, default=200, help="requests per arm")
+    parser.add_argument("--requests", type=int, default=200, help="good requests per arm")
     parser.add_argument("--concurrency", type=int, default=16, help="client threads")
-    parser.add_argument("--budget", default="0.2", help="HiRED arm budget")
+    parser.add_argument("--disconnects", type=int, default=20, help="hostile scenario: clients that hang up mid-stream")
+    parser.add_argument("--disconnect-tokens", type=int, default=512, help="max_tokens of the abandoned streams")
+    parser.add_argument("--budget", default="0.2", help="HiRED budget")
     parser.add_argument("--max-tokens", type=int, default=16, help="completion tokens per request")
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--batch-wait-ms", type=float, default=50.0)
@@ -140,37 +226,50 @@ def main() -> None:
         max_batch_size=args.max_batch_size,
         batch_wait_timeout_s=args.batch_wait_ms / 1000,
         max_ongoing_requests=max(64, 4 * args.concurrency),
-        max_tokens_limit=max(64, args.max_tokens),
+        max_tokens_limit=max(64, args.max_tokens, args.disconnect_tokens),
     )
     ray.init(include_dashboard=False, log_to_driver=False, _temp_dir="/tmp/hired-ray-bench")
+    memory: dict[str, int] = {}
     try:
         url = start(config, port=args.port)
         urls = image_urls()
+        name = config.served_model_name
         warm = argparse.Namespace(**{**vars(args), "requests": 2 * args.max_batch_size})
         for override in (None, {"method": "full"}):  # first batches pay for lazy initialisation
-            run_arm("warm-up", url, config.served_model_name, urls, override, warm)
-        arms = [
-            run_arm(f"hired {args.budget}", url, config.served_model_name, urls, None, args),
-            run_arm("full", url, config.served_model_name, urls, {"method": "full"}, args),
-        ]
+            run_arm("warm-up", url, name, urls, override, warm)
+        if args.scenario == "dropping":
+            arms = [
+                run_arm(f"hired {args.budget}", url, name, urls, None, args),
+                run_arm("full", url, name, urls, {"method": "full"}, args),
+            ]
+        else:
+            arms = [run_arm("clean", url, name, urls, None, args)]
+            memory["before"] = llm_replica_rss()
+            arms.append(run_arm("hostile", url, name, urls, None, args, hostile=True))
+            time.sleep(5)  # abandoned rows end at their next step; let the last batch finish
+            memory["after"] = llm_replica_rss()
     finally:
         serve.shutdown()
         ray.shutdown()
 
-    print(f"\n{args.model}: {args.requests} requests per arm at concurrency {args.concurrency}, "
+    print(f"\n{args.model}: {args.requests} good requests per arm at concurrency {args.concurrency}, "
           f"max_tokens {args.max_tokens}, max batch {args.max_batch_size}, batch wait {args.batch_wait_ms:g} ms; "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs\n")
-    print("| arm | visual tokens | p50 s | p95 s | mean s | req/s | errors | LLM batches by size |")
-    print("|---|---|---|---|---|---|---|---|")
-    for arm in arms:
-        print(f"| {arm.name} | {arm.visual_tokens:.0f} | {arm.p50_s:.3f} | {arm.p95_s:.3f} | {arm.mean_s:.3f} | "
-              f"{arm.requests_per_s:.2f} | {arm.errors} | {arm.batches['llm']} |")
-    hired, full = arms
-    print(f"\nfull / hired: p50 {full.p50_s / hired.p50_s:.2f}x, p95 {full.p95_s / hired.p95_s:.2f}x, "
-          f"throughput hired / full {hired.requests_per_s / full.requests_per_s:.2f}x")
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}\n")
+    print_arms(arms)
+    if args.scenario == "dropping":
+        hired, full = arms
+        print(f"\nfull / hired: p50 {full.p50_s / hired.p50_s:.2f}x, p95 {full.p95_s / hired.p95_s:.2f}x, "
+              f"throughput hired / full {hired.requests_per_s / full.requests_per_s:.2f}x")
+    else:
+        clean, hostile = arms
+        print(f"\nhostile requests by status: {hostile.statuses}; disconnected mid-stream: {hostile.disconnects} "
+              f"of {args.disconnects}; 5xx answers: {clean.server_errors + hostile.server_errors}")
+        print(f"good requests, hostile / clean: p50 {hostile.p50_s / clean.p50_s:.2f}x, p95 {hostile.p95_s / clean.p95_s:.2f}x")
+        print(f"LLM replica RSS: {memory['before'] / 2**20:.0f} MiB before, {memory['after'] / 2**20:.0f} MiB after "
+              f"({memory['after'] / memory['before'] - 1:+.1%})")
     if args.json:
         with open(args.json, "w") as out:
-            json.dump({"args": vars(args), "arms": [asdict(a) for a in arms]}, out, indent=2)
+            json.dump({"args": vars(args), "arms": [asdict(a) for a in arms], "llm_rss_bytes": memory}, out, indent=2)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ from pipeline.serve.config import API_KEY_ENV, DeploymentResources, ServeConfig
 
 SERVE_FIELDS = (
     "served_model_name", "allowed_methods", "min_budget", "max_budget", "default_max_tokens", "max_tokens_limit",
-    "max_image_bytes", "max_batch_size", "batch_wait_timeout_s", "max_ongoing_requests",
+    "max_image_bytes", "max_images_per_request", "max_model_len", "max_batch_size", "batch_wait_timeout_s",
+    "max_ongoing_requests",
 )
 DEPLOYMENT = DeploymentResources()
 
@@ -31,8 +32,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "serve",
         help="serve OpenAI-compatible chat completions with token dropping (Ray Serve)",
         description=(
-            "Serve POST /v1/chat/completions, GET /v1/models, GET /v1/stats and GET /health. Requests carry one "
-            "image as a data: URL and may override method and budget with an extension field "
+            "Serve POST /v1/chat/completions, GET /v1/models[/ID], GET /v1/stats, GET|HEAD /health and /docs. "
+            "Requests carry images as data: URLs (each gets the budget) and may override method and budget with "
+            "an extension field "
             '"hired": {"method": ..., "budget": ...} inside the limits set here.'
         ),
     )

@@ -28,7 +28,7 @@ from pipeline.serve.app import build_app
 from pipeline.serve.config import ServeConfig
 from pipeline.serve.errors import ApiError
 from pipeline.serve.images import check_remote_url, decode_data_url
-from pipeline.serve.protocol import parse_chat_request
+from pipeline.serve.protocol import ChatCompletionRequest
 
 REPO = Path(__file__).resolve().parents[1]
 YAML_PATH = REPO / "cluster" / "serve" / "serve_config.yaml"
@@ -128,17 +128,18 @@ def test_cli_flags_make_the_config(monkeypatch):
 
 
 def _parse(body: dict, **config) -> object:
-    return parse_chat_request(body, ServeConfig.from_dict(config), MAX_VISUAL)
+    return ChatCompletionRequest.parse(body).to_chat(ServeConfig.from_dict(config), MAX_VISUAL)
 
 
 def test_parse_request_and_override():
     body = chat_body("data:image/png;base64,AAAA", temperature=0, stop="\n", hired={"method": "spatial", "budget": "10%"})
     body["messages"].insert(0, {"role": "system", "content": "Be brief."})
     parsed = _parse(body)
-    assert parsed.prompt == f"Be brief.\n{PROMPT}"
+    # the system text goes before the user's, the image before the text (as LLaVA was trained)
+    assert parsed.messages == [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": f"Be brief.\n{PROMPT}"}]}]
     assert parsed.drop == DropConfig(method="spatial", budget=0.1)
     assert parsed.options == GenerateOptions(max_new_tokens=8, stop=("\n",))
-    assert parsed.image_param == "messages[1].content[1].image_url.url"
+    assert parsed.images == (("data:image/png;base64,AAAA", "messages[1].content[1].image_url.url"),)
     assert _parse(chat_body("data:,", hired={"method": "full"})).drop.method == "full"
     assert _parse(chat_body("data:,")).drop == DropConfig(budget=0.2)
 
@@ -151,20 +152,21 @@ def test_parse_request_and_override():
         (lambda b: b.update(max_tokens=10_000), 400, "invalid_value", "max_tokens"),
         (lambda b: b.update(temperature="hot"), 400, "invalid_type", "temperature"),
         (lambda b: b.update(n=2), 400, "unsupported_value", "n"),
-        (lambda b: b["messages"].append({"role": "assistant", "content": "hi"}), 400, "unsupported_value", "messages[1].role"),
-        (lambda b: b["messages"][0]["content"].pop(1), 400, "missing_image", "messages"),
+        (lambda b: b["messages"].append({"role": "assistant", "content": "hi"}), 400, "invalid_value", "messages[1].role"),
+        (lambda b: b["messages"][0]["content"].append(b["messages"][0]["content"][1]), 400, "too_many_images",
+         "messages[0].content[2].image_url.url"),
         (lambda b: b.update(hired={"budget": 0.9}), 400, "budget_out_of_range", "hired.budget"),
         (lambda b: b.update(hired={"method": "prumerge"}), 400, "method_not_allowed", "hired.method"),
         (lambda b: b.update(hired={"method": "full"}), 400, "budget_out_of_range", "hired.method"),
         (lambda b: b.update(hired={"method": "full", "budget": 5}), 400, "invalid_value", "hired.budget"),
-        (lambda b: b.update(hired={"budgett": 5}), 400, "invalid_value", "hired.budgett"),
+        (lambda b: b.update(hired={"budgett": 5}), 400, "unknown_field", "hired.budgett"),
     ],
 )
 def test_parse_request_errors(change, status, code, param):
     body = chat_body("data:,")
     change(body)
     with pytest.raises(ApiError) as caught:
-        _parse(body, allowed_methods=("hired", "full"), max_budget=0.5, max_tokens_limit=64)
+        _parse(body, allowed_methods=("hired", "full"), max_budget=0.5, max_tokens_limit=64, max_images_per_request=1)
     error = caught.value
     assert (error.status, error.code, error.param) == (status, code, param)
     assert error.body()["error"]["message"]
@@ -275,6 +277,7 @@ def server(ray_local, image_host) -> str:
         "max_image_bytes": 500_000,
         "decode": {"max_pixels": 4_000_000},
         "max_tokens_limit": 64,
+        "max_images_per_request": 2,
     }
     url = start(ServeConfig.from_dict(args), host="127.0.0.1", port=free_port())
     yield url
@@ -388,10 +391,14 @@ def test_stream_with_stop_string_equals_non_streamed(server, client, images):
     assert stop.strip(), text
     reply = client.chat.completions.create(model=MODEL, messages=body["messages"], max_tokens=24, stop=stop)
     assert reply.choices[0].message.content == truncate_at_stop(text, (stop,)).strip()
-    events = _sse(server, body | {"stop": stop, "stream": True})
+    events = _sse(server, body | {"stop": stop, "stream": True, "stream_options": {"include_usage": True}})
     assert "".join(piece for _, piece in _content(events)) == reply.choices[0].message.content
     finishes = [e["choices"][0]["finish_reason"] for _, e in events if e.get("choices")]
     assert finishes[-1] == reply.choices[0].finish_reason == "stop"
+    # decoding ended at the stop in both modes, and both count the same tokens
+    streamed = events[-2][1]["usage"]
+    assert streamed["completion_tokens"] == reply.usage.completion_tokens < plain.usage.completion_tokens
+    assert streamed["total_tokens"] == reply.usage.total_tokens
 
 
 @pytest.mark.slow
@@ -448,8 +455,8 @@ def _bad_cases(image_host: str) -> list[tuple[str, dict, int, str]]:
     def with_url(url: str, **extra) -> dict:
         return {"json": chat_body(url, **extra), "headers": auth}
 
-    two_images = chat_body(data_url(good))
-    two_images["messages"][0]["content"].append({"type": "image_url", "image_url": {"url": data_url(good)}})
+    three_images = chat_body(data_url(good))
+    three_images["messages"][0]["content"] += [{"type": "image_url", "image_url": {"url": data_url(good)}}] * 2
     huge = Image.new("RGB", (2100, 2000), (200, 30, 30))  # 4.2 Mpx: over the 4 Mpx limit, a small file
     return [
         ("malformed json", {"data": b'{"model": ', "headers": auth}, 400, "invalid_json"),
@@ -462,9 +469,8 @@ def _bad_cases(image_host: str) -> list[tuple[str, dict, int, str]]:
         ("truncated png", with_url(data_url(good[: len(good) // 2])), 400, "invalid_image"),
         ("image over byte limit", with_url(data_url(b"\x89PNG" + b"\0" * 600_000)), 413, "image_too_large"),
         ("image over pixel limit", with_url(data_url(png_bytes(huge))), 400, "invalid_image"),
-        ("body over limit", {"data": b"x" * 2_000_000, "headers": auth}, 413, "request_too_large"),
-        ("too many images", {"json": two_images, "headers": auth}, 400, "too_many_images"),
-        ("no image", {"json": {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}, "headers": auth}, 400, "missing_image"),
+        ("body over limit", {"data": b"x" * 3_000_000, "headers": auth}, 413, "request_too_large"),
+        ("too many images", {"json": three_images, "headers": auth}, 400, "too_many_images"),
         ("remote url refused", with_url("http://169.254.169.254/latest/meta-data"), 400, "remote_image_disabled"),
         ("allowlisted port only", with_url(f"http://localhost:{image_host.split(':')[1]}/image.png"), 400, "remote_image_disabled"),
         ("remote 404", with_url(f"http://{image_host}/missing.png"), 400, "image_fetch_failed"),

@@ -5,6 +5,9 @@
 * :meth:`HiredVLM.generate`: encoded images + prompts -> text, one left-padded batched prefill;
   an optional per-step callback sees each row's new token (what :class:`TextStream` turns into
   text deltas for streaming).
+* :meth:`HiredVLM.generate_chats`: the same for conversations (:meth:`chat_ids`) holding any
+  number of images, with per-row early finishing (stop strings, cancelled requests) and
+  log-probabilities: what the endpoint runs.
 
 :meth:`HiredVLM.run` does both in one process. The model is any Hugging Face
 ``LlavaNextForConditionalGeneration`` or ``LlavaForConditionalGeneration`` with its processor.
@@ -13,18 +16,19 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from PIL import Image
+from transformers import StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
 from hired_ops import DropConfig, VisionGeometry, encode_and_drop
 
 from .encoded import EncodedImage, check_transfer_dtype
-from .generation import GenerateOptions, Generation
+from .generation import GenerateOptions, Generation, TokenLogprob
 from .loading import load_model
 from .text_stream import TextStream, truncate_at_stop
 
@@ -71,6 +75,25 @@ class _StepStreamer(BaseStreamer):
 
     def end(self) -> None:
         pass
+
+
+class _RowsFinished(StoppingCriteria):
+    """Ends the rows a caller marks finished after each step (``finished() -> (B,) bools``).
+
+    transformers' own criteria stop on ids or on stop strings shared by the whole batch; rows here
+    end for reasons only the caller knows (their own stop strings, a client that went away). A
+    finished row gets pad tokens from then on, and the batch ends when every row has finished.
+    """
+
+    def __init__(self, finished: Callable[[], Sequence[bool]]) -> None:
+        self.finished = finished
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return torch.tensor(list(self.finished()), dtype=torch.bool, device=input_ids.device)
+
+
+# one request to the language half: prompt ids holding one image token per image, and the images
+ChatInput = tuple[list[int], list[EncodedImage]]
 
 
 class HiredVLM:
@@ -132,12 +155,28 @@ class HiredVLM:
 
     # -- language half -------------------------------------------------------------------------
 
+    def format_chat(self, messages: list[dict[str, Any]]) -> str:
+        """A conversation in the model's chat template, ready for the assistant's next turn.
+
+        ``messages`` are chat-template messages: ``{"role", "content": [parts]}`` with parts
+        ``{"type": "image"}`` (an image slot) and ``{"type": "text", "text": ...}``. A processor
+        without a template gets one turn per message, ``<image>`` for each slot.
+        """
+        if getattr(self.processor, "chat_template", None):
+            return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        lines = []
+        for message in messages:
+            parts = ["<image>" if p["type"] == "image" else p["text"] for p in message["content"]]
+            lines.append(f"{message['role'].upper()}: " + "\n".join(parts))
+        return "\n".join(lines) + "\nASSISTANT:"
+
+    def chat_ids(self, messages: list[dict[str, Any]]) -> list[int]:
+        """Token ids of a formatted conversation; each image token is expanded later."""
+        return self.tokenizer(self.format_chat(messages), add_special_tokens=True)["input_ids"]
+
     def format_prompt(self, prompt: str) -> str:
         """The user's instruction wrapped in the model's chat template, with one image slot."""
-        if getattr(self.processor, "chat_template", None):
-            conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-            return self.processor.apply_chat_template(conversation, add_generation_prompt=True)
-        return f"<image>\n{prompt}"
+        return self.format_chat([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}])
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """Token ids of a formatted prompt; its single image token is expanded later."""
@@ -146,11 +185,18 @@ class HiredVLM:
             raise ValueError(f"the prompt must hold exactly one image slot, found {ids.count(self.image_token_id)}")
         return ids
 
-    def prompt_tokens(self, encoded: EncodedImage, prompt: str) -> int:
-        """Input positions of one request (its ``attention_mask`` sum in :meth:`build_inputs`)."""
+    def visual_length(self, encoded: EncodedImage) -> int:
+        """Positions one image takes in the LLM input."""
         # visual_embeddings adds the newline rows only when the model has a newline embedding
-        visual = encoded.sequence_length if self.image_newline is not None else encoded.num_tokens
-        return len(self.prompt_ids(prompt)) - 1 + visual
+        return encoded.sequence_length if self.image_newline is not None else encoded.num_tokens
+
+    def input_length(self, ids: list[int], images: list[EncodedImage]) -> int:
+        """Input positions of one request (its ``attention_mask`` sum in :meth:`build_inputs`)."""
+        return len(ids) - len(images) + sum(self.visual_length(e) for e in images)
+
+    def prompt_tokens(self, encoded: EncodedImage, prompt: str) -> int:
+        """Input positions of a single-image request."""
+        return self.input_length(self.prompt_ids(prompt), [encoded])
 
     def end_token_ids(self) -> frozenset[int]:
         """Ids that end an answer: the model's EOS id(s) and the pad id finished rows are filled with."""
@@ -177,13 +223,24 @@ class HiredVLM:
 
     def build_inputs(self, encoded: list[EncodedImage], prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded ``inputs_embeds`` ``(B, T, D)`` and ``attention_mask`` ``(B, T)``."""
+        return self.embed_chats([(self.prompt_ids(p), [e]) for e, p in zip(encoded, prompts)])
+
+    def _embed_chat(self, ids: list[int], images: list[EncodedImage]) -> torch.Tensor:
+        """``(T, D)``: text embeddings with each image token replaced by that image's embeddings."""
+        slots = [n for n, t in enumerate(ids) if t == self.image_token_id]
+        if len(slots) != len(images):
+            raise ValueError(f"the prompt holds {len(slots)} image slot(s) for {len(images)} image(s)")
+        text = self.model.get_input_embeddings()(torch.tensor(ids, device=self.device))
+        pieces, start = [], 0
+        for slot, image in zip(slots, images):
+            pieces += [text[start:slot], self.visual_embeddings(image).to(text.dtype)]
+            start = slot + 1
+        return torch.cat([*pieces, text[start:]])
+
+    def embed_chats(self, chats: list[ChatInput]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded ``inputs_embeds`` ``(B, T, D)`` and ``attention_mask`` ``(B, T)`` of requests."""
         embed = self.model.get_input_embeddings()
-        rows = []
-        for enc, prompt in zip(encoded, prompts):
-            ids = self.prompt_ids(prompt)
-            slot = ids.index(self.image_token_id)
-            text = embed(torch.tensor(ids, device=self.device))
-            rows.append(torch.cat([text[:slot], self.visual_embeddings(enc).to(text.dtype), text[slot + 1 :]]))
+        rows = [self._embed_chat(ids, images) for ids, images in chats]
         length = max(r.shape[0] for r in rows)
         pad = embed(torch.tensor([self.tokenizer.pad_token_id], device=self.device))[0]
         batch = pad.expand(len(rows), length, pad.shape[-1]).clone()
@@ -193,7 +250,6 @@ class HiredVLM:
             mask[i, length - r.shape[0] :] = 1
         return batch, mask
 
-    @torch.inference_mode()
     def generate(
         self,
         encoded: list[EncodedImage],
@@ -201,7 +257,7 @@ class HiredVLM:
         options: GenerateOptions | None = None,
         on_tokens: Callable[[list[int]], None] | None = None,
     ) -> list[Generation]:
-        """Project the kept features and decode, all images in one batched prefill.
+        """Project the kept features and decode, one image and prompt per row, in one batched prefill.
 
         ``on_tokens``, if given, is called on this thread once per decoding step with the new
         token id of every row (length ``len(encoded)``; rows that already ended get the pad id).
@@ -209,13 +265,33 @@ class HiredVLM:
         """
         if len(encoded) != len(prompts):
             raise ValueError(f"{len(encoded)} images but {len(prompts)} prompts")
-        if not encoded:
+        return self.generate_chats([(self.prompt_ids(p), [e]) for e, p in zip(encoded, prompts)], options, on_tokens)
+
+    @torch.inference_mode()
+    def generate_chats(
+        self,
+        chats: list[ChatInput],
+        options: GenerateOptions | None = None,
+        on_tokens: Callable[[list[int]], None] | None = None,
+        finished: Callable[[], Sequence[bool]] | None = None,
+        top_logprobs: int | None = None,
+    ) -> list[Generation]:
+        """Decode a batch of requests (prompt ids from :meth:`chat_ids` with their images).
+
+        Args:
+            on_tokens: as in :meth:`generate`.
+            finished: called after every step, after ``on_tokens``; rows it marks True end there
+                (their token of that step is kept), and decoding stops once all rows have ended.
+            top_logprobs: if not None, each generation gets ``logprobs`` with this many
+                alternatives per token (0: the chosen token's only).
+        """
+        if not chats:
             return []
         options = options or GenerateOptions()
         start = time.perf_counter()
-        inputs_embeds, attention_mask = self.build_inputs(encoded, prompts)
+        inputs_embeds, attention_mask = self.embed_chats(chats)
         clock = _FirstTokenClock()
-        sampling = options.temperature > 0
+        sampling = options.sampling
         if options.seed is not None:
             torch.manual_seed(options.seed)
         output = self.model.generate(
@@ -227,16 +303,20 @@ class HiredVLM:
             top_p=options.top_p if sampling else None,
             top_k=None,
             logits_processor=[clock],
+            stopping_criteria=[_RowsFinished(finished)] if finished is not None else None,
             pad_token_id=self.tokenizer.pad_token_id,
             streamer=_StepStreamer(on_tokens) if on_tokens is not None else None,
+            return_dict_in_generate=True,
+            output_logits=top_logprobs is not None,
         )
-        if output.is_cuda:
-            torch.cuda.synchronize(output.device)
+        sequences = output.sequences
+        if sequences.is_cuda:
+            torch.cuda.synchronize(sequences.device)
         end = time.perf_counter()
         ttft = (clock.first or end) - start
         results = []
         eos = self.end_token_ids()
-        for i, sequence in enumerate(output):
+        for i, sequence in enumerate(sequences):
             tokens = sequence.tolist()
             count = next((n for n, t in enumerate(tokens) if t in eos), len(tokens))
             text = truncate_at_stop(self.tokenizer.decode(tokens[:count], skip_special_tokens=True), options.stop)
@@ -247,6 +327,8 @@ class HiredVLM:
                     prompt_tokens=int(attention_mask[i].sum()),
                     ttft_s=ttft,
                     generate_s=end - start,
+                    token_ids=tokens[:count],
+                    logprobs=_logprobs(output.logits, i, tokens[:count], top_logprobs) if top_logprobs is not None else None,
                 )
             )
         return results
@@ -268,3 +350,14 @@ class HiredVLM:
             Result(g.text, e, g, {"encode_s": encode_s, "ttft_s": g.ttft_s, "generate_s": g.generate_s})
             for e, g in zip(encoded, generations)
         ]
+
+
+def _logprobs(logits: tuple[torch.Tensor, ...], row: int, tokens: list[int], top: int) -> list[TokenLogprob]:
+    """Log-probabilities of ``row``'s ``tokens`` from the raw per-step logits ``(B, V)`` each."""
+    out = []
+    for step, token in enumerate(tokens):
+        logp = torch.log_softmax(logits[step][row].float(), dim=-1)
+        best = torch.topk(logp, top) if top else None
+        alternatives = tuple(zip(best.indices.tolist(), best.values.tolist())) if best is not None else ()
+        out.append(TokenLogprob(token, float(logp[token]), alternatives))
+    return out

@@ -20,9 +20,6 @@ logger = logging.getLogger("ray.serve")
 # where the bearer key comes from when the operator gives none (keeps it out of configs and YAML)
 API_KEY_ENV = "HIRED_API_KEY"
 
-# The engine builds one image slot per prompt (``HiredVLM.prompt_ids``), so a request carries
-# exactly one image; more is a client error, not something to truncate silently.
-MAX_IMAGES_PER_REQUEST = 1
 # Text, JSON framing and base64 overhead on top of the image bytes a request may carry.
 _BODY_SLACK_BYTES = 1 << 20
 
@@ -65,6 +62,9 @@ class ServeConfig:
         default_max_tokens: completion length when a request sets none.
         max_tokens_limit: most completion tokens a request may ask for.
         max_image_bytes: encoded size limit of one image (413 above it).
+        max_images_per_request: images one request may carry; each gets the full budget.
+        max_model_len: most positions a request may take, prompt + visual tokens + max_tokens
+            (default: the language model's ``max_position_embeddings``; 400 above it).
         max_batch_size: requests per @serve.batch batch, on both model deployments.
         batch_wait_timeout_s: how long a batch waits to fill.
         max_ongoing_requests: per replica; must be at least max_batch_size or batches never fill.
@@ -83,6 +83,8 @@ class ServeConfig:
     default_max_tokens: int = 64
     max_tokens_limit: int = 512
     max_image_bytes: int = 20 * 2**20
+    max_images_per_request: int = 4
+    max_model_len: int | None = None
     max_batch_size: int = 8
     batch_wait_timeout_s: float = 0.05
     max_ongoing_requests: int = 64
@@ -106,10 +108,15 @@ class ServeConfig:
         self._set("min_budget", Budget.parse(self.min_budget))
         if self.max_budget is not None:
             self._set("max_budget", Budget.parse(self.max_budget))
-        for name in ("default_max_tokens", "max_tokens_limit", "max_image_bytes", "max_batch_size", "max_ongoing_requests"):
+        for name in (
+            "default_max_tokens", "max_tokens_limit", "max_image_bytes", "max_images_per_request", "max_batch_size",
+            "max_ongoing_requests",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.max_model_len is not None and (isinstance(self.max_model_len, bool) or self.max_model_len < 2):
+            raise ValueError(f"max_model_len must be an integer >= 2 (or unset for the model's), got {self.max_model_len!r}")
         if self.default_max_tokens > self.max_tokens_limit:
             raise ValueError(f"default_max_tokens {self.default_max_tokens} exceeds max_tokens_limit {self.max_tokens_limit}")
         if self.max_ongoing_requests < self.max_batch_size:
@@ -159,8 +166,8 @@ class ServeConfig:
 
     @property
     def max_request_bytes(self) -> int:
-        """Largest request body read: one base64 image at the byte limit plus the text around it."""
-        return math.ceil(self.max_image_bytes * 4 / 3) * MAX_IMAGES_PER_REQUEST + _BODY_SLACK_BYTES
+        """Largest request body read: base64 images at the byte limit plus the text around them."""
+        return math.ceil(self.max_image_bytes * 4 / 3) * self.max_images_per_request + _BODY_SLACK_BYTES
 
 
 def _names(value: str | Sequence[str]) -> tuple[str, ...]:

@@ -4,12 +4,11 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
+import os
 import threading
-import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -18,11 +17,19 @@ from ray import serve
 
 from hired_ops import DropConfig
 from pipeline.model.encoded import EncodedImage
-from pipeline.model.generation import GenerateOptions
 from pipeline.model.replica import load_half, torch_threads
-from pipeline.model.text_stream import TextStream, truncate_at_stop
 
 from .config import DeploymentResources, ServeConfig
+from .decoding import (
+    BatchDecoder,
+    BatchItem,
+    Cancelled,
+    LLMJob,
+    group,
+    logprobs_body,
+    release_memory,
+)
+from .metrics import ServeMetrics
 
 T = TypeVar("T")
 
@@ -35,6 +42,7 @@ class BatchStats:
 
     def __init__(self) -> None:
         self.by_size: Counter[int] = Counter()
+        self.cancelled = 0
 
     def record(self, size: int) -> None:
         self.by_size[size] += 1
@@ -45,15 +53,8 @@ class BatchStats:
             "requests": sum(size * n for size, n in self.by_size.items()),
             "max_batch_size": max(self.by_size, default=0),
             "by_size": {str(size): n for size, n in sorted(self.by_size.items())},
+            "cancelled": self.cancelled,
         }
-
-
-def _group(keys: Sequence[T]) -> dict[T, list[int]]:
-    """Indices of equal keys, first-seen order: requests that can share one batched call."""
-    groups: dict[T, list[int]] = {}
-    for i, key in enumerate(keys):
-        groups.setdefault(key, []).append(i)
-    return groups
 
 
 class _ModelReplica:
@@ -75,6 +76,7 @@ class _ModelReplica:
             getattr(self, name).set_batch_wait_timeout_s(config.batch_wait_timeout_s)
         self.stats = BatchStats()
         self._stats_lock = threading.Lock()
+        self.metrics = ServeMetrics()
         logger.info(
             "%s replica ready: %s on %s, %d torch threads",
             self.role, config.model.name, self.vlm.device, torch_threads(config.model, resources.num_cpus),
@@ -86,11 +88,24 @@ class _ModelReplica:
     def _record(self, size: int, detail: str) -> None:
         with self._stats_lock:
             self.stats.record(size)
+        self.metrics.batch_size.observe(size, tags={"side": self.role})
         logger.info("%s batch of %d request(s): %s", self.role, size, detail)
 
+    def _cancelled(self) -> None:
+        """Count a request whose caller went away."""
+        with self._stats_lock:
+            self.stats.cancelled += 1
+        self.metrics.cancelled.inc()
+
     def describe(self) -> dict[str, Any]:
-        """Model facts the ingress validates against, plus this replica's batch stats."""
-        return {"max_visual_tokens": self.max_visual_tokens, "batches": self.stats.snapshot()}
+        """Model facts the ingress validates against, this replica's batch stats and its process
+        id (for memory checks from outside)."""
+        return {
+            "max_visual_tokens": self.max_visual_tokens,
+            "geometry": self.vlm.geometry,
+            "batches": self.stats.snapshot(),
+            "pid": os.getpid(),
+        }
 
 
 def _raise_if_error(value: T | BaseException) -> T:
@@ -115,164 +130,135 @@ class HiredVision(_ModelReplica):
 
     @serve.batch()  # sized from the ServeConfig in _ModelReplica.__init__
     async def _encode_batch(self, images: list[Image.Image], drops: list[DropConfig]) -> list[dict[str, Any] | BaseException]:
-        groups = _group(drops)
+        groups = group(drops)
         self._record(len(images), f"{len(groups)} drop config(s)")
+        return await self._run(lambda: self._encode_groups(images, groups))
+
+    def _encode_groups(self, images: list[Image.Image], groups: dict[DropConfig, list[int]]) -> list[dict[str, Any] | BaseException]:
         results: list[dict[str, Any] | BaseException] = [None] * len(images)  # type: ignore[list-item]
         for drop, indices in groups.items():
-            # A failure fails its own group only; the other requests in the batch still answer.
             try:
-                encoded = await self._run(lambda: self.vlm.encode([images[i] for i in indices], drop))
-                for i, enc in zip(indices, encoded):
+                for i, enc in zip(indices, self.vlm.encode([images[i] for i in indices], drop)):
                     results[i] = enc.to_row()
-            except Exception as error:  # noqa: BLE001 - reported to each caller of the group
-                logger.exception("vision group failed (%s)", drop)
-                for i in indices:
-                    results[i] = error
+            except Exception as error:  # noqa: BLE001 - reported to the callers below
+                if len(indices) > 1:  # one image must not fail its batch-mates: each alone
+                    for i in indices:
+                        results[i] = self._encode_groups(images, {drop: [i]})[i]
+                    continue
+                logger.exception("vision request failed (%s)", drop)
+                results[indices[0]] = error
+        release_memory(self.vlm.device)
         return results
 
 
 @serve.deployment
 class HiredLLM(_ModelReplica):
-    """Projector + batched generation from encoded images."""
+    """Projector + batched generation from encoded images.
+
+    A caller that goes away (its HTTP client disconnected, so Serve cancelled the call) sets its
+    request's flag; the decoder finishes that row at the next step, or never starts it.
+    """
 
     role = "llm"
     batched = ("_generate_batch", "_stream_batch")
 
     def __init__(self, config: ServeConfig) -> None:
         super().__init__(config, config.llm, "language")
+        positions = int(self.vlm.model.config.get_text_config().max_position_embeddings)
+        if config.max_model_len is not None and config.max_model_len > positions:
+            raise ValueError(f"max_model_len {config.max_model_len} exceeds the model's {positions} positions")
+        self.max_model_len = config.max_model_len or positions
 
-    async def generate(self, row: dict[str, Any], prompt: str, options: GenerateOptions) -> dict[str, Any]:
-        """The answer for one encoded image: text, token counts, whether a stop string cut it, timings."""
-        return _raise_if_error(await self._generate_batch(row, prompt, options))
+    def describe(self) -> dict[str, Any]:
+        return super().describe() | {"max_model_len": self.max_model_len}
+
+    async def tokenize(self, messages: list[dict[str, Any]]) -> list[int]:
+        """Prompt ids of a conversation (chat template applied), off the compute thread."""
+        return await asyncio.to_thread(self.vlm.chat_ids, messages)
+
+    async def generate(self, job: LLMJob, *rows: dict[str, Any]) -> dict[str, Any]:
+        """The answer for one request (``rows``: its encoded images): text, counts, timings."""
+        item = BatchItem(job, [EncodedImage.from_row(r) for r in rows])
+        try:
+            return _raise_if_error(await self._generate_batch(item))
+        except asyncio.CancelledError:
+            item.cancel.set()
+            self._cancelled()
+            raise
 
     @serve.batch()  # sized from the ServeConfig in _ModelReplica.__init__
-    async def _generate_batch(
-        self, rows: list[dict[str, Any]], prompts: list[str], options: list[GenerateOptions]
-    ) -> list[dict[str, Any] | BaseException]:
-        encoded = [EncodedImage.from_row(r) for r in rows]
-        # Stop strings are applied here, after decoding, so requests that differ only in them
-        # share a batched call and the answer can tell a stop-string cut from running out of tokens.
-        groups = _group([dataclasses.replace(o, stop=()) for o in options])
-        lengths = sorted({e.sequence_length for e in encoded})
-        self._record(len(rows), f"{len(groups)} option group(s), visual lengths {lengths}")
-        results: list[dict[str, Any] | BaseException] = [None] * len(rows)  # type: ignore[list-item]
-        for opts, indices in groups.items():
-            try:
-                outputs = await self._run(
-                    lambda: self.vlm.generate([encoded[i] for i in indices], [prompts[i] for i in indices], opts)
-                )
-            except Exception as error:  # noqa: BLE001 - reported to each caller of the group
-                logger.exception("llm group failed (%s)", opts)
-                for i in indices:
-                    results[i] = error
-                continue
-            for i, out in zip(indices, outputs):
-                text = truncate_at_stop(out.text, options[i].stop).strip()
-                results[i] = {
-                    "text": text,
-                    "stopped": text != out.text,
-                    "generated_tokens": out.generated_tokens,
-                    "prompt_tokens": out.prompt_tokens,
-                    "visual_tokens": encoded[i].num_tokens,
-                    "ttft_s": out.ttft_s,
-                    "generate_s": out.generate_s,
-                }
-        return results
+    async def _generate_batch(self, items: list[BatchItem]) -> list[dict[str, Any] | BaseException]:
+        self._record(len(items), f"{len(group([i.job.group_key for i in items]))} option group(s)")
+        answers: list[dict[str, Any] | BaseException] = [Cancelled()] * len(items)
 
-    async def generate_stream(
-        self, row: dict[str, Any], prompt: str, options: GenerateOptions
-    ) -> AsyncIterator[dict[str, Any]]:
-        """The answer for one encoded image as it is generated (call with ``.options(stream=True)``).
+        def decode() -> BatchDecoder:
+            decoder = BatchDecoder(self.vlm, items, lambda i, text: None, answers.__setitem__)
+            decoder.run()
+            release_memory(self.vlm.device)
+            return decoder
+
+        decoder = await self._run(decode)
+        for i, answer in enumerate(answers):
+            wanted = items[i].job.top_logprobs is not None
+            if wanted and isinstance(answer, dict) and i in decoder.generations:
+                tokens = decoder.generations[i].logprobs[: answer["generated_tokens"]]
+                answer["logprobs"] = logprobs_body(self.vlm, tokens)
+        return answers
+
+    async def generate_stream(self, job: LLMJob, *rows: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """The answer for one request as it is generated (call with ``.options(stream=True)``).
 
         Yields ``{"delta": str}`` events with new text, the last one also holding ``"answer"``:
         the dict :meth:`generate` returns, for a text that is the concatenation of the deltas.
         """
-        async for event in self._stream_batch(row, prompt, options):
-            if isinstance(event, BaseException):
-                raise event
-            if event["delta"] or "answer" in event:  # steps that add no text stay in this replica
-                yield event
+        item = BatchItem(job, [EncodedImage.from_row(r) for r in rows])
+        try:
+            async for event in self._stream_batch(item):
+                if isinstance(event, BaseException):
+                    raise event
+                if event["delta"] or "answer" in event:  # steps that add no text stay in this replica
+                    yield event
+        except (asyncio.CancelledError, GeneratorExit):  # cancelled, or the consumer closed the stream
+            item.cancel.set()
+            self._cancelled()
+            raise
 
     @serve.batch()  # sized from the ServeConfig in _ModelReplica.__init__
     async def _stream_batch(
-        self, rows: list[dict[str, Any]], prompts: list[str], options: list[GenerateOptions]
+        self, items: list[BatchItem]
     ) -> AsyncIterator[list[dict[str, Any] | BaseException | type[StopIteration]]]:
         """Per decoding step, one item per request: an event, a failure, or ``StopIteration`` once
         its answer was sent (which ends that request's stream while the batch goes on)."""
-        encoded = [EncodedImage.from_row(r) for r in rows]
-        # grouped as in _generate_batch: stop strings are applied per request, by its TextStream
-        groups = _group([dataclasses.replace(o, stop=()) for o in options])
-        self._record(len(rows), f"streaming, {len(groups)} option group(s)")
-        streams = [self.vlm.text_stream(o.stop) for o in options]
+        self._record(len(items), f"streaming, {len(group([i.job.group_key for i in items]))} option group(s)")
         loop = asyncio.get_running_loop()
-        # (request indices, new tokens | None when the group is done | its failure, seconds since the group began)
-        steps: asyncio.Queue[tuple[list[int], list[int] | BaseException | None, float]] = asyncio.Queue()
+        # (request index, new text | its answer | its failure), from the compute thread
+        steps: asyncio.Queue[tuple[int, str | dict[str, Any] | BaseException]] = asyncio.Queue()
 
-        def run_groups() -> None:
-            # One job on the compute thread for the whole batch, the groups one after another:
-            # the model stays on one thread, and the callbacks only hand tokens to the event loop.
-            for opts, indices in groups.items():
-                began = time.perf_counter()
+        def post(i: int, payload: str | dict[str, Any] | BaseException) -> None:
+            loop.call_soon_threadsafe(steps.put_nowait, (i, payload))
 
-                def post(payload: list[int] | BaseException | None, indices: list[int] = indices, began: float = began) -> None:
-                    loop.call_soon_threadsafe(steps.put_nowait, (indices, payload, time.perf_counter() - began))
+        def decode() -> None:
+            BatchDecoder(self.vlm, items, post, post).run()
+            release_memory(self.vlm.device)
 
-                try:
-                    self.vlm.generate([encoded[i] for i in indices], [prompts[i] for i in indices], opts, on_tokens=post)
-                except Exception as error:  # noqa: BLE001 - reported to each caller of the group
-                    logger.exception("llm streaming group failed (%s)", opts)
-                    post(error)
-                else:
-                    post(None)
-
-        work = loop.run_in_executor(self._compute, run_groups)
-        first_token_s: list[float | None] = [None] * len(rows)
-        answered = [False] * len(rows)
-        pending_groups = len(groups)
-        while pending_groups:
-            items: list[dict[str, Any] | BaseException | type[StopIteration]] = [
-                StopIteration if answered[i] else {"delta": ""} for i in range(len(rows))
+        work = loop.run_in_executor(self._compute, decode)
+        answered = [False] * len(items)
+        while not all(answered):
+            events: list[dict[str, Any] | BaseException | type[StopIteration]] = [
+                StopIteration if done else {"delta": ""} for done in answered
             ]
-            # Every step that is waiting goes into one yield: when the replica falls behind the
-            # model, messages per request stay one per yield instead of one per token.
+            # every step waiting goes into one yield: when the replica falls behind the model,
+            # messages per request stay one per yield instead of one per token
             arrived = [await steps.get()]
             while not steps.empty():
                 arrived.append(steps.get_nowait())
-            for indices, payload, elapsed in arrived:
-                if payload is None or isinstance(payload, BaseException):
-                    pending_groups -= 1
-                for position, i in enumerate(indices):
-                    item = items[i]
-                    if answered[i] or not isinstance(item, dict):
-                        continue
-                    stream = streams[i]
-                    if isinstance(payload, BaseException):
-                        items[i], answered[i] = payload, True
-                        continue
-                    if payload is None:  # the group ended: EOS or the token limit
-                        item["delta"] += stream.finish()
-                    else:
-                        if first_token_s[i] is None:
-                            first_token_s[i] = elapsed
-                        item["delta"] += stream.push(payload[position])
-                    if stream.done:
-                        item["answer"] = self._streamed_answer(encoded[i], prompts[i], stream, first_token_s[i], elapsed)
-                        answered[i] = True
-            yield items
-        # returns at once (posting the last group's end was the job's last act); awaiting it
-        # retrieves the job's outcome so that nothing is left unobserved
-        await work
-
-    def _streamed_answer(
-        self, encoded: EncodedImage, prompt: str, stream: TextStream, ttft_s: float | None, elapsed_s: float
-    ) -> dict[str, Any]:
-        """The :meth:`generate` answer dict for a finished stream."""
-        return {
-            "text": stream.sent,
-            "stopped": stream.stopped,
-            "generated_tokens": len(stream.ids),
-            "prompt_tokens": self.vlm.prompt_tokens(encoded, prompt),
-            "visual_tokens": encoded.num_tokens,
-            "ttft_s": ttft_s if ttft_s is not None else elapsed_s,
-            "generate_s": elapsed_s,
-        }
+            for i, payload in arrived:
+                event = events[i]
+                if isinstance(payload, str) and isinstance(event, dict):
+                    event["delta"] += payload
+                elif isinstance(payload, BaseException):
+                    events[i], answered[i] = payload, True
+                elif isinstance(event, dict):
+                    event["answer"], answered[i] = payload, True
+            yield events
+        await work  # retrieves the job's outcome, so that nothing is left unobserved

@@ -1,337 +1,421 @@
-"""The OpenAI chat-completions protocol: parsing and validating requests into our own
-``DropConfig`` / ``GenerateOptions``, and the completion and chunk bodies of the answers."""
+"""The OpenAI chat-completions protocol as typed pydantic models (as vLLM's server protocol module
+does it): the request with strict types, its conversion to our ``DropConfig`` /
+``GenerateOptions`` and a model conversation, and the completion and chunk bodies of the answers.
+
+Validation errors become 400 bodies whose ``param`` names the field (``messages[0].content``).
+What pydantic cannot know (the served model name, the operator's limits, the ``hired`` extension's
+allow-list) is checked in :meth:`ChatCompletionRequest.to_chat`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from hired_ops import BUDGETED, Budget, DropConfig
-from pipeline.model.generation import GenerateOptions
+from pipeline.model.generation import SEED_RANGE, GenerateOptions
 
-from .config import MAX_IMAGES_PER_REQUEST, ServeConfig
+from .config import ServeConfig
 from .errors import ApiError, bad_request
 
-logger = logging.getLogger("ray.serve")
-
-_OVERRIDE_KEYS = ("method", "budget")
 _STOP_MAX = 4  # as in OpenAI's API
+_TOP_LOGPROBS_MAX = 20  # as in OpenAI's API
+# loc entries pydantic adds for discriminator tags and union members, not field names
+_TAGS = frozenset({"system", "developer", "user", "assistant", "tool", "function", "text", "image_url"})
+_MEMBERS = frozenset({"str", "int", "float", "bool"})
 
 
-# -- request parsing (pure; no Serve needed) ------------------------------------------------------
+class _Strict(BaseModel):
+    # strict: no "8" for 8, no true for 1; no NaN or Infinity where a number goes; unknown fields
+    # are refused rather than silently ignored
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
 
-@dataclass(frozen=True)
+def _refuse(param: str, message: str, code: str = "unsupported_value") -> PydanticCustomError:
+    """An error of a whole-model check, naming the field it is about (its ``loc`` is empty)."""
+    return PydanticCustomError(code, message, {"param": param})
+
+
+# -- request --------------------------------------------------------------------------------------
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(_Strict):
+    url: Annotated[str, Field(min_length=1)]
+    detail: Literal["auto", "low", "high"] = "auto"
+
+
+class ImagePart(_Strict):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+class SystemMessage(_Strict):
+    role: Literal["system", "developer"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+
+class UserMessage(_Strict):
+    role: Literal["user"]
+    content: str | list[Annotated[Union[TextPart, ImagePart], Field(discriminator="type")]]
+    name: str | None = None
+
+
+class AssistantMessage(_Strict):
+    role: Literal["assistant"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+    tool_calls: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _no_tools(self) -> AssistantMessage:
+        if self.tool_calls:
+            raise _refuse("tool_calls", "tool calls are not supported by this server")
+        return self
+
+
+class ToolMessage(BaseModel):
+    role: Literal["tool", "function"]
+
+    @model_validator(mode="after")
+    def _refuse(self) -> ToolMessage:
+        raise _refuse("role", "tool and function messages are not supported by this server")
+
+
+Message = Annotated[Union[SystemMessage, UserMessage, AssistantMessage, ToolMessage], Field(discriminator="role")]
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class ResponseFormat(_Strict):
+    type: str
+
+    @model_validator(mode="after")
+    def _text_only(self) -> ResponseFormat:
+        if self.type != "text":
+            raise _refuse("type", f"response_format {self.type!r} is not supported: this server answers in plain text")
+        return self
+
+
+class HiredOverride(_Strict):
+    """The ``hired`` extension: dropping method and budget for this request."""
+
+    method: str | None = None
+    budget: str | int | float | None = None
+
+
+class ChatCompletionRequest(_Strict):
+    """``POST /v1/chat/completions``: the OpenAI fields this server honours, strictly typed, and
+    the ones it cannot honour refused unless left at their default."""
+
+    model: str
+    messages: Annotated[list[Message], Field(min_length=1)]
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    n: Annotated[int, Field(ge=1)] | None = None
+    stop: str | Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=_STOP_MAX)] | None = None
+    seed: Annotated[int, Field(ge=SEED_RANGE[0], le=SEED_RANGE[1])] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    logprobs: bool = False
+    top_logprobs: Annotated[int, Field(ge=0, le=_TOP_LOGPROBS_MAX)] | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
+    user: str | None = None
+    hired: HiredOverride | None = None
+
+    @model_validator(mode="after")
+    def _refuse_unimplemented(self) -> ChatCompletionRequest:
+        if self.n not in (None, 1):
+            raise _refuse("n", "'n' must be 1: send several requests for several answers")
+        if self.tools or self.tool_choice not in (None, "none"):
+            raise _refuse("tools" if self.tools else "tool_choice", "tools are not supported by this server")
+        for name in ("frequency_penalty", "presence_penalty"):
+            if getattr(self, name):
+                raise _refuse(name, f"'{name}' is not supported by this server: leave it out or at 0")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise _refuse("top_logprobs", "'top_logprobs' needs 'logprobs': true", "invalid_value")
+        if self.logprobs and self.stream:
+            raise _refuse("logprobs", "logprobs are returned for non-streamed requests only: drop 'stream' or 'logprobs'")
+        if not isinstance(self.messages[-1], UserMessage):
+            raise _refuse(f"messages[{len(self.messages) - 1}].role", "the last message must be the user's", "invalid_value")
+        return self
+
+    @classmethod
+    def parse(cls, body: Any) -> ChatCompletionRequest:
+        """Validate a decoded JSON body.
+
+        Raises:
+            ApiError: 400 naming the first offending field.
+        """
+        try:
+            return cls.model_validate(body)
+        except ValidationError as error:
+            raise validation_error(error.errors()) from None
+
+    def to_chat(self, config: ServeConfig, max_visual_tokens: int) -> ChatRequest:
+        """The request in our terms, checked against the operator's limits.
+
+        Raises:
+            ApiError: 404 for another model name, 400 for a value outside the server's limits.
+        """
+        if self.model != config.served_model_name:
+            raise ApiError(
+                404, f"the model {self.model!r} does not exist on this server; it serves {config.served_model_name!r}",
+                param="model", code="model_not_found",
+            )
+        messages, images = _conversation(self.messages)
+        if len(images) > config.max_images_per_request:
+            raise bad_request(
+                f"the request has {len(images)} images; this server accepts at most {config.max_images_per_request}",
+                images[config.max_images_per_request][1], "too_many_images",
+            )
+        return ChatRequest(
+            messages=messages,
+            images=tuple(images),
+            drop=_drop_config(self.hired, config, max_visual_tokens),
+            options=self._options(config),
+            stream=self.stream,
+            include_usage=bool(self.stream_options and self.stream_options.include_usage),
+            top_logprobs=(self.top_logprobs or 0) if self.logprobs else None,
+        )
+
+    def _options(self, config: ServeConfig) -> GenerateOptions:
+        name, max_tokens = (
+            ("max_tokens", self.max_tokens) if self.max_tokens is not None
+            else ("max_completion_tokens", self.max_completion_tokens)
+        )
+        max_tokens = config.default_max_tokens if max_tokens is None else max_tokens
+        if max_tokens > config.max_tokens_limit:
+            raise bad_request(f"'{name}' must be in [1, {config.max_tokens_limit}], got {max_tokens}", name)
+        return GenerateOptions(
+            max_new_tokens=max_tokens,
+            temperature=0.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            stop=(self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ()),
+            seed=self.seed,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
 class ChatRequest:
-    """A validated chat completion request.
+    """A validated request in our terms.
 
     Attributes:
-        prompt: the instruction text for the model's single-image prompt.
-        image_url: the ``data:`` or ``http(s):`` URL of the image; ``image_param`` names its field.
-        drop: the drop configuration after the ``hired`` override.
+        messages: chat-template messages (``HiredVLM.chat_ids``), one ``{"type": "image"}`` slot
+            per image.
+        images: ``(url, param)`` of each image in slot order; ``param`` names its request field.
+        drop: the drop configuration after the ``hired`` override (every image gets its budget).
         options: decoding settings.
         stream, include_usage: SSE response, and a usage chunk at its end.
+        top_logprobs: alternatives per token when logprobs were asked for, else None.
     """
 
-    prompt: str
-    image_url: str
-    image_param: str
+    messages: list[dict[str, Any]]
+    images: tuple[tuple[str, str], ...]
     drop: DropConfig
     options: GenerateOptions
     stream: bool = False
     include_usage: bool = False
+    top_logprobs: int | None = None
 
 
-T = TypeVar("T")
-_TYPE_NAMES = {int: "an integer", (int, float): "a number", bool: "true or false", str: "a string", dict: "an object"}
+def validation_error(errors: list[dict[str, Any]]) -> ApiError:
+    """A 400 for pydantic's errors: the deepest one, whose ``loc`` is the most precise."""
+    first = max(errors, key=lambda e: len(e["loc"]))
+    param = _param(first["loc"])
+    named = (first.get("ctx") or {}).get("param")
+    if named:  # a whole-model check inside the object at loc
+        param = f"{param}.{named}" if param else named
+    kind = first["type"]
+    code = {"missing": "missing_field", "extra_forbidden": "unknown_field", "unsupported_value": "unsupported_value"}.get(
+        kind, "invalid_type" if kind.endswith("_type") or kind.startswith("union_tag") else "invalid_value"
+    )
+    # a value that fits no member of a union (str | int | float) fails once per member: say all
+    details = dict.fromkeys(e["msg"] for e in errors if _param(e["loc"]) == _param(first["loc"]))
+    detail = ", or ".join(details)
+    if kind == "extra_forbidden":
+        detail = "unknown field: this server does not support it"
+    elif kind == "missing":
+        detail = "missing required field"
+    return bad_request(f"{param or 'body'}: {detail}" if param else detail, param or None, code)
 
 
-def _field(body: dict[str, Any], name: str, kinds: type | tuple[type, ...], default: T, param: str | None = None) -> T:
-    """``body[name]`` checked against ``kinds`` (bool never passes as a number)."""
-    value = body.get(name)
-    if value is None:
-        return default
-    # bool is an int subclass, but `"max_tokens": true` is a client bug, not 1
-    if not isinstance(value, kinds) or (isinstance(value, bool) and kinds is not bool):
-        wanted = _TYPE_NAMES.get(kinds, "of another type")
-        raise bad_request(f"'{param or name}' must be {wanted}, got {json.dumps(value)[:80]}", param or name, "invalid_type")
-    return value
+def _param(loc: tuple[Any, ...]) -> str:
+    """``messages[0].content[1].image_url.url`` from pydantic's ``loc``, less union and tag entries."""
+    out = ""
+    previous: Any = None
+    for item in loc:
+        if isinstance(item, int):
+            out += f"[{item}]"
+        elif not (item in _MEMBERS or "[" in item or "-" in item or (isinstance(previous, int) and item in _TAGS)):
+            out += f".{item}" if out else item
+        previous = item
+    return out
 
 
-def parse_chat_request(body: Any, config: ServeConfig, max_visual_tokens: int) -> ChatRequest:
-    """Validate an OpenAI chat completion body against the server's limits.
+def _text(content: str | list[TextPart] | None) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    return "\n".join(part.text for part in content)
 
-    Raises:
-        ApiError: 400 for a malformed or out-of-range request, 404 for an unknown model.
+
+def _conversation(messages: list[Any]) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """Chat-template messages and the image URLs, from OpenAI messages.
+
+    System and developer text goes in front of the next user turn's text (LLaVA templates have no
+    system turn); in each user turn its images come first, then its text parts joined by
+    newlines, as LLaVA was trained (the image before the question).
     """
-    if not isinstance(body, dict):
-        raise bad_request("the request body must be a JSON object", None, "invalid_type")
-    for name in ("model", "messages"):
-        if name not in body:
-            raise bad_request(f"missing required field '{name}'", name, "missing_field")
-    model = _field(body, "model", str, "")
-    if model != config.served_model_name:
-        raise ApiError(
-            404,
-            f"the model {model!r} does not exist on this server; it serves {config.served_model_name!r}",
-            param="model",
-            code="model_not_found",
-        )
-    prompt, image_url, image_param = _parse_messages(body["messages"])
-    return ChatRequest(
-        prompt=prompt,
-        image_url=image_url,
-        image_param=image_param,
-        drop=_parse_override(body.get("hired"), config, max_visual_tokens),
-        options=_parse_options(body, config),
-        stream=_field(body, "stream", bool, False),
-        include_usage=_field(_field(body, "stream_options", dict, {}), "include_usage", bool, False, "stream_options.include_usage"),
-    )
-
-
-def _parse_messages(messages: Any) -> tuple[str, str, str]:
-    """``(prompt, image_url, image_param)`` from OpenAI ``messages``."""
-    if not isinstance(messages, list) or not messages:
-        raise bad_request("'messages' must be a non-empty list of {role, content} objects", "messages", "invalid_type")
-    texts: list[str] = []
+    out: list[dict[str, Any]] = []
     images: list[tuple[str, str]] = []
-    users = 0
+    preamble: list[str] = []
     for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(message, dict) or "role" not in message or "content" not in message:
-            raise bad_request(f"{where} must be an object with 'role' and 'content'", where, "missing_field")
-        role = message["role"]
-        if role in ("assistant", "tool", "function"):
-            raise bad_request(
-                f"{where} has role {role!r}: multi-turn conversations are not supported; send one user "
-                "message holding the image and the question",
-                f"{where}.role",
-                "unsupported_value",
-            )
-        if role not in ("system", "developer", "user"):
-            raise bad_request(f"{where}.role must be 'system', 'developer' or 'user', got {role!r}", f"{where}.role")
-        if role == "user":
-            users += 1
-            if users > 1:
-                raise bad_request(
-                    "only one user message is supported: put the image and all text in one message",
-                    f"{where}.role",
-                    "unsupported_value",
-                )
-        content = message["content"]
-        if isinstance(content, str):
-            texts.append(content)
-            continue
-        if not isinstance(content, list):
-            raise bad_request(f"{where}.content must be a string or a list of parts", f"{where}.content", "invalid_type")
-        for j, part in enumerate(content):
-            pwhere = f"{where}.content[{j}]"
-            kind = part.get("type") if isinstance(part, dict) else None
-            if kind == "text":
-                text = part.get("text")
-                if not isinstance(text, str):
-                    raise bad_request(f"{pwhere}.text must be a string", f"{pwhere}.text", "invalid_type")
-                texts.append(text)
-            elif kind == "image_url":
-                if role != "user":
-                    raise bad_request(f"{pwhere}: images belong in the user message", pwhere, "unsupported_value")
-                ref = part.get("image_url")
-                url = ref.get("url") if isinstance(ref, dict) else ref
-                if not isinstance(url, str) or not url:
-                    raise bad_request(f"{pwhere}.image_url.url must be a data: or http(s) URL string", f"{pwhere}.image_url.url", "missing_field")
-                images.append((url, f"{pwhere}.image_url.url"))
-            else:
-                raise bad_request(
-                    f"{pwhere} has type {kind!r}: only 'text' and 'image_url' parts are supported",
-                    f"{pwhere}.type",
-                    "unsupported_value",
-                )
-    if users == 0:
-        raise bad_request("'messages' needs a user message", "messages", "missing_field")
-    if not images:
-        raise bad_request(
-            "the request has no image: add one {'type': 'image_url', 'image_url': {'url': 'data:image/png;base64,...'}} "
-            "part to the user message",
-            "messages",
-            "missing_image",
-        )
-    if len(images) > MAX_IMAGES_PER_REQUEST:
-        raise bad_request(
-            f"the request has {len(images)} images; this server accepts at most {MAX_IMAGES_PER_REQUEST} per "
-            "request (the model's prompt has one image slot): send one request per image",
-            images[MAX_IMAGES_PER_REQUEST][1],
-            "too_many_images",
-        )
-    url, param = images[0]
-    return "\n".join(texts), url, param
+        if isinstance(message, SystemMessage):
+            preamble.append(_text(message.content))
+        elif isinstance(message, AssistantMessage):
+            out.append({"role": "assistant", "content": [{"type": "text", "text": _text(message.content)}]})
+        else:
+            parts = [message.content] if isinstance(message.content, str) else message.content
+            texts = [*preamble, *(p if isinstance(p, str) else p.text for p in parts if not isinstance(p, ImagePart))]
+            preamble = []
+            slots = []
+            for j, part in enumerate(parts):
+                if isinstance(part, ImagePart):
+                    images.append((part.image_url.url, f"messages[{i}].content[{j}].image_url.url"))
+                    slots.append({"type": "image"})
+            out.append({"role": "user", "content": [*slots, {"type": "text", "text": "\n".join(texts)}]})
+    return out, images
 
 
-def _parse_options(body: dict[str, Any], config: ServeConfig) -> GenerateOptions:
-    if body.get("max_tokens") is not None:
-        name, max_tokens = "max_tokens", _field(body, "max_tokens", int, config.default_max_tokens)
-    else:
-        name, max_tokens = "max_completion_tokens", _field(body, "max_completion_tokens", int, config.default_max_tokens)
-    if not 1 <= max_tokens <= config.max_tokens_limit:
-        raise bad_request(f"'{name}' must be in [1, {config.max_tokens_limit}], got {max_tokens}", name)
-    temperature = float(_field(body, "temperature", (int, float), 0.0))
-    if not 0.0 <= temperature <= 2.0:
-        raise bad_request(f"'temperature' must be in [0, 2], got {temperature}", "temperature")
-    top_p = float(_field(body, "top_p", (int, float), 1.0))
-    if not 0.0 < top_p <= 1.0:
-        raise bad_request(f"'top_p' must be in (0, 1], got {top_p}", "top_p")
-    if _field(body, "n", int, 1) != 1:
-        raise bad_request("'n' must be 1: send several requests for several answers", "n", "unsupported_value")
-    stop = body.get("stop")
-    stops = [stop] if isinstance(stop, str) else stop if stop is not None else []
-    if not isinstance(stops, list) or len(stops) > _STOP_MAX or not all(isinstance(s, str) and s for s in stops):
-        raise bad_request(f"'stop' must be a non-empty string or a list of up to {_STOP_MAX} of them", "stop", "invalid_type")
-    return GenerateOptions(
-        max_new_tokens=max_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        stop=tuple(stops),
-        seed=_field(body, "seed", int, None),
-    )
-
-
-def _parse_override(override: Any, config: ServeConfig, max_visual_tokens: int) -> DropConfig:
+def _drop_config(override: HiredOverride | None, config: ServeConfig, max_visual_tokens: int) -> DropConfig:
     """The ``hired`` extension: method and budget within the operator's limits."""
     if override is None:
         return config.drop
-    if not isinstance(override, dict):
-        raise bad_request("'hired' must be an object like {\"method\": \"hired\", \"budget\": 0.2}", "hired", "invalid_type")
-    unknown = sorted(set(override) - set(_OVERRIDE_KEYS))
-    if unknown:
-        raise bad_request(f"unknown key(s) {unknown} in 'hired'; it takes {list(_OVERRIDE_KEYS)}", f"hired.{unknown[0]}")
-    method = override.get("method", config.drop.method)
+    method = override.method or config.drop.method
     if method not in config.allowed_methods:
         raise bad_request(
             f"method {method!r} is not allowed on this server; allowed: {', '.join(config.allowed_methods)}",
-            "hired.method",
-            "method_not_allowed",
+            "hired.method", "method_not_allowed",
         )
     low, high = config.budget_range(max_visual_tokens)
     if method not in BUDGETED:
-        if "budget" in override:
+        if override.budget is not None:
             raise bad_request(f"method {method!r} chooses its own token count and takes no budget", "hired.budget")
         if method == "full" and high < max_visual_tokens:
             raise bad_request(
                 f"method 'full' keeps all {max_visual_tokens} visual tokens, above this server's max_budget of {high}",
-                "hired.method",
-                "budget_out_of_range",
+                "hired.method", "budget_out_of_range",
             )
         return dataclasses.replace(config.drop, method=method, budget=None)
-    raw = override.get("budget", config.drop.budget)
+    raw = config.drop.budget if override.budget is None else override.budget
     try:
-        budget = Budget.parse(raw)
-    except ValueError as error:
+        tokens = Budget.parse(raw).resolve(max_visual_tokens)
+    except (ValueError, OverflowError) as error:
         raise bad_request(f"invalid 'hired.budget': {error}", "hired.budget", "invalid_budget") from None
-    tokens = budget.resolve(max_visual_tokens)
     if not low <= tokens <= high:
         raise bad_request(
             f"budget {raw!r} is {tokens} visual tokens, outside this server's range [{low}, {high}] "
             f"(the model's maximum is {max_visual_tokens})",
-            "hired.budget",
-            "budget_out_of_range",
+            "hired.budget", "budget_out_of_range",
         )
-    return dataclasses.replace(config.drop, method=method, budget=budget)
+    return dataclasses.replace(config.drop, method=method, budget=Budget.parse(raw))
 
 
-# -- responses -----------------------------------------------------------------------------------
+# -- responses ------------------------------------------------------------------------------------
 
 
-def _finish_reason(answer: dict[str, Any], options: GenerateOptions) -> str:
-    return "length" if answer["generated_tokens"] >= options.max_new_tokens and not answer["stopped"] else "stop"
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
 
 
-def completion_body(request_id: str, model: str, parsed: ChatRequest, answer: dict[str, Any]) -> dict[str, Any]:
-    """The ``chat.completion`` object for a finished answer (see ``HiredLLM.generate``)."""
-    return {
-        "id": request_id,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": answer["text"]},
-                "logprobs": None,
-                "finish_reason": _finish_reason(answer, parsed.options),
-            }
-        ],
-        "usage": _usage(answer),
-        "hired": _hired_block(parsed, answer),
-    }
+class TokenLogprobBody(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
 
 
-def _usage(answer: dict[str, Any]) -> dict[str, int]:
-    return {
-        "prompt_tokens": answer["prompt_tokens"],
-        "completion_tokens": answer["generated_tokens"],
-        "total_tokens": answer["prompt_tokens"] + answer["generated_tokens"],
-        "visual_tokens": answer["visual_tokens"],
-    }
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprobBody] | None = None
 
 
-def _hired_block(parsed: ChatRequest, answer: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "method": parsed.drop.method,
-        "budget": str(parsed.drop.budget) if parsed.drop.method in BUDGETED else None,
-        "visual_tokens": answer["visual_tokens"],
-        "ttft_s": round(answer["ttft_s"], 4),
-        "generate_s": round(answer["generate_s"], 4),
-    }
+class Usage(BaseModel):
+    """OpenAI's counts plus ``visual_tokens``: tokens kept over all images of the request."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    visual_tokens: int
 
 
-async def stream_events(
-    request_id: str, model: str, parsed: ChatRequest, first: dict[str, Any], rest: AsyncIterator[dict[str, Any]]
-) -> AsyncIterator[str]:
-    """Server-sent events of ``chat.completion.chunk`` objects for events of ``HiredLLM.generate_stream``.
+class AnswerMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
 
-    ``first`` is the stream's first event, awaited before the response started so that a failure
-    up to there is still an HTTP 500; a failure after it becomes an error event.
-    """
-    created = int(time.time())
 
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
-        body = {
-            "id": request_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-        }
-        return f"data: {json.dumps(body)}\n\n"
+class Choice(BaseModel):
+    index: int = 0
+    message: AnswerMessage
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: Literal["stop", "length"]
 
-    async def events() -> AsyncIterator[dict[str, Any]]:
-        yield first
-        async for event in rest:
-            yield event
 
-    yield chunk({"role": "assistant", "content": ""})
-    answer: dict[str, Any] | None = None
-    try:
-        async for event in events():
-            if event["delta"]:
-                yield chunk({"content": event["delta"]})
-            answer = event.get("answer")
-            if answer is not None:
-                break
-        if answer is None:
-            raise RuntimeError("the LLM stream ended without an answer")
-    except Exception as error:  # noqa: BLE001 - the status is sent already; tell the client in-band
-        logger.exception("streamed chat completion failed")
-        failure = ApiError(500, f"the model failed on this request ({type(error).__name__}); see the server log", code="internal_error")
-        yield f"data: {json.dumps(failure.body())}\n\n"
-        return
-    yield chunk({}, _finish_reason(answer, parsed.options))
-    if parsed.include_usage:
-        usage = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                 "choices": [], "usage": _usage(answer), "hired": _hired_block(parsed, answer)}
-        yield f"data: {json.dumps(usage)}\n\n"
-    yield "data: [DONE]\n\n"
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    hired: dict[str, Any]
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class StreamChoice(BaseModel):
+    index: int = 0
+    delta: Delta
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[StreamChoice]
+    usage: Usage | None = None
+    hired: dict[str, Any] | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "hired"
+    max_model_len: int
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
