@@ -129,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
         fs, path, _ = filesystem(config.input, config.storage_options)
         dataset = describe_input(config.input, fs, path, is_image_path)
     with track_job(tracking, config, dataset, kind="caption") as tracker, tracker.live() as live:
+        if tracker.run.ui_url:
+            print(f"watch the run at {tracker.run.ui_url}", flush=True)
         summary = run_job(config, on_progress=both(live, ProgressPrinter(tracker.run.name or "caption")))
         tracker.log_summary(summary, summary.figures)
     print(summary.describe())

@@ -47,7 +47,10 @@ def _references(axis, rows: Sequence[dict[str, Any]]) -> None:
 
 def _title(fig: Figure, title: str, rows: Sequence[dict[str, Any]]) -> None:
     warning = mixed_datasets_warning(rows)
-    fig.suptitle(f"{title}\n{warning}" if warning else title, color="firebrick" if warning else "black", fontsize=10 if warning else 12)
+    if warning:
+        fig.suptitle(f"{title}\n{warning}", color="firebrick", fontsize=10)
+    else:
+        fig.suptitle(title)
 
 
 def _method_points(rows: Sequence[dict[str, Any]], x: str) -> dict[str, list[tuple[float, float, str]]]:
@@ -66,7 +69,8 @@ def accuracy_vs_tokens(rows: Sequence[dict[str, Any]], metric: str) -> Figure:
     axis = fig.add_subplot()
     for method, points in _method_points(rows, "visual_tokens_mean").items():
         xs, ys, _ = zip(*sorted(points))
-        style = {"marker": "*", "markersize": 12, "linestyle": "none"} if method == FULL_METHOD else {"marker": "o"}
+        full = {"marker": "*", "markersize": 12, "linestyle": "none", "color": "black"}
+        style = full if method == FULL_METHOD else {"marker": "o"}
         axis.plot(xs, ys, label=method, **style)
     _references(axis, rows)
     axis.set_xlabel("visual tokens kept per image (mean)")

@@ -148,6 +148,16 @@ class JobRun:
     def enabled(self) -> bool:
         return self.client is not None
 
+    @property
+    def ui_url(self) -> str | None:
+        """The run's page in the MLflow UI of an ``http(s)`` tracking server, in the UI's
+        model-training view (the UI's own switch defaults to its GenAI view); ``None`` for other
+        stores (``mlflow ui --backend-store-uri <uri>`` serves those)."""
+        if self.run_id is None or urlparse(self.tracking_uri or "").scheme not in ("http", "https"):
+            return None
+        route = f"experiments/{self.experiment_id}/runs/{self.run_id}"
+        return f"{self.tracking_uri.rstrip('/')}/#/{route}?workflowType=machine_learning"
+
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log params (values as strings; over-long ones cut to MLflow's limit, with a warning)."""
         if self.client is None:
