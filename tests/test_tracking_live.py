@@ -175,8 +175,11 @@ def test_experiments_are_of_the_model_training_kind_unless_given_one(mlflow_serv
     genai = client.create_experiment("made-as-genai", tags={EXPERIMENT_KIND_TAG: "genai_development"})
     bare = client.create_experiment("made-bare")
     for name in ("new-here", "made-as-genai", "made-bare"):
-        with start_job_run(TrackingConfig(tracking_uri=uri, experiment=name, log_system_metrics=False), {}):
+        with start_job_run(TrackingConfig(tracking_uri=uri, experiment=name, log_system_metrics=False), {}) as run:
             pass
+    # the link a job prints opens the UI in its model-training view, whatever the browser chose
+    assert run.ui_url == f"{uri}/#/experiments/{bare}/runs/{run.run_id}?workflowType=machine_learning"
+    assert JobRun(None, None, None, "sqlite:///x.db").ui_url is None
     kinds = {name: client.get_experiment_by_name(name).tags.get(EXPERIMENT_KIND_TAG) for name in
              ("new-here", "made-as-genai", "made-bare")}  # fmt: skip
     assert kinds == {"new-here": TRAINING_KIND, "made-as-genai": "genai_development", "made-bare": TRAINING_KIND}
