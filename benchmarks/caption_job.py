@@ -13,6 +13,9 @@ What is timed:
   data set), so the ratio to the loop uses this window.
 * overlap: seconds both actor pools were busy at once, over the shorter pool's busy time.
 * bytes: kept features sent from the vision to the LLM pool per image (``feature_bytes``).
+* live metrics: the pipeline runs twice, without and with live MLflow metrics (an MLflow run in
+  a SQLite store in the work folder, a step every ``--live-interval-s`` seconds, as ``hired
+  caption`` logs them); ``live_vs_quiet`` is the ratio of their processing windows' throughput.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from pipeline.model.builtin import save_model
 from pipeline.model.config import ModelConfig
 from pipeline.model.generation import GenerateOptions
 from pipeline.model.vlm import HiredVLM
+from pipeline.tracking.live import LiveMetrics
+from pipeline.tracking.runs import TrackingConfig, start_job_run
 
 SIZES = [(672, 672), (600, 1000), (1000, 600), (480, 640), (900, 900), (500, 1200)]
 
@@ -61,12 +66,19 @@ def loop(model_dir: str, folder: Path, config: JobConfig) -> float:
     return time.perf_counter() - start
 
 
+def window(summary) -> float:
+    """Seconds from the first actor call's start to the last one's end."""
+    spans = summary.spans["vision"] + summary.spans["llm"]
+    return max(end for _, end in spans) - min(start for start, _ in spans)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=6)
     parser.add_argument("--size", default="bench", choices=["tiny", "bench"])
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--live-interval-s", type=float, default=1.0, help="live metric steps in the second run")
     parser.add_argument("--json", help="also write the numbers here")
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -96,9 +108,11 @@ def main() -> None:
     torch.set_num_threads(cores)
     loop_s = loop(model_dir, small, job(small, "unused"))
     pipe_n = run_job(job(small, "out-hired"))
+    tracking = TrackingConfig(tracking_uri=f"sqlite:///{work / 'mlflow.db'}", experiment="bench", log_system_metrics=False)
+    with start_job_run(tracking, {}) as run, LiveMetrics(run, args.live_interval_s) as live:
+        pipe_live = run_job(job(small, "out-live"), on_progress=live)
     pipe_full = run_job(job(small, "out-full", budget=None, method="full"))
-    spans = pipe_n.spans["vision"] + pipe_n.spans["llm"]
-    window_s = max(end for _, end in spans) - min(start for start, _ in spans)
+    window_s, live_window_s = window(pipe_n), window(pipe_live)
     busy = min(pipe_n.busy_s("vision"), pipe_n.busy_s("llm"))
     bytes_20 = pipe_n.table.column("feature_bytes").to_numpy().mean()
     bytes_full = pipe_full.table.column("feature_bytes").to_numpy().mean()
@@ -111,6 +125,12 @@ def main() -> None:
         "pipeline_images_per_s_window": args.images / window_s,
         "ratio_window_vs_loop": loop_s / window_s,
         "ratio_total_vs_loop": loop_s / pipe_n.wall_s,
+        "ratio_window_vs_loop_live": loop_s / live_window_s,
+        "live_vs_quiet": window_s / live_window_s,
+        "live_steps": live.steps_logged,
+        "live_interval_s": args.live_interval_s,
+        "pipeline_window_live_s": live_window_s,
+        "load_average": os.getloadavg(),
         "loop_s": loop_s,
         "pipeline_window_s": window_s,
         "pipeline_total_s": pipe_n.wall_s,

@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    report = run_benchmark(config, tracking, on_result=progress)
+    report = run_benchmark(config, tracking, on_result=progress, on_start=lambda label: print(f"[{label}]", flush=True))
     markdown = report.markdown()
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / TABLE_MARKDOWN).write_text(markdown + "\n")

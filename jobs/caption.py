@@ -20,6 +20,7 @@ MODEL_FLAGS = {"name": "model"}
 DECODE_FLAGS = {"max_pixels": "max_image_pixels", "max_bytes": "max_image_bytes"}
 POOL_FLAGS = {"size": "pool_size"}
 TRACKING_FLAGS = {"enabled": "tracking"}
+TRACKING_FIELDS = ("tracking_uri", "experiment", "run_name", "enabled", "live_interval_s")
 # decoding flags every job takes; the seed is the dropping's (random), shared with sampling
 GENERATE_FIELDS = ("max_new_tokens", "temperature", "top_p")
 ROLES = ("vision", "llm")
@@ -54,7 +55,7 @@ def add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
     """Where the job's MLflow run goes (``TrackingConfig``)."""
     group = parser.add_argument_group("MLflow")
     add_config_arguments(
-        group, TrackingConfig, only=("tracking_uri", "experiment", "run_name", "enabled"), flags=TRACKING_FLAGS,
+        group, TrackingConfig, only=TRACKING_FIELDS, flags=TRACKING_FLAGS,
         helps={
             "enabled": "log the job to MLflow (--no-tracking: record nothing)",
             "tracking_uri": "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)",
@@ -64,7 +65,7 @@ def add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
 
 def tracking_config(args: argparse.Namespace, **given) -> TrackingConfig:
     return build(
-        TrackingConfig, args, only=("tracking_uri", "experiment", "run_name", "enabled"), flags=TRACKING_FLAGS, **given
+        TrackingConfig, args, only=TRACKING_FIELDS, flags=TRACKING_FLAGS, **given
     )
 
 
@@ -117,11 +118,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.batch.driver import run_job
+    from pipeline.data.storage import filesystem, is_image_path
+    from pipeline.tracking.datasets import InputDataset, describe_input
+    from pipeline.tracking.live import ProgressPrinter, both
     from pipeline.tracking.results import track_job
 
-    config = job_config(args)
-    with track_job(tracking_config(args), config, dataset=config.input, kind="caption") as tracker:
-        summary = run_job(config)
+    config, tracking = job_config(args), tracking_config(args)
+    dataset: InputDataset | str = config.input
+    if tracking.enabled:  # a digest of what was read, without reading any image
+        fs, path, _ = filesystem(config.input, config.storage_options)
+        dataset = describe_input(config.input, fs, path, is_image_path)
+    with track_job(tracking, config, dataset, kind="caption") as tracker, tracker.live() as live:
+        if tracker.run.ui_url:
+            print(f"watch the run at {tracker.run.ui_url}", flush=True)
+        summary = run_job(config, on_progress=both(live, ProgressPrinter(tracker.run.name or "caption")))
         tracker.log_summary(summary, summary.figures)
     print(summary.describe())
     if tracker.run.enabled:

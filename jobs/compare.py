@@ -6,8 +6,10 @@ printed, written to ``<output>/compare.csv``, and plotted:
 
 * ``throughput_vs_budget.png``: images/s and generated tokens/s against the budget, one line per
   method;
-* ``accuracy_vs_budget.png``: the headline accuracy against the budget (only when some run has an
-  accuracy metric).
+* ``accuracy_vs_tokens.png``: the headline accuracy against the visual tokens kept, and
+  ``accuracy_vs_throughput.png``: against images/s, each method's frontier; both with the
+  full-token accuracy and chance as lines (only when some run has an accuracy metric; see
+  :mod:`pipeline.tracking.frontier`).
 
 The files are also logged to a new run named ``compare`` in the experiment (``--no-log`` skips it).
 
@@ -18,6 +20,13 @@ axis as is. When units are mixed, or some budget is not a number (methods that c
 count, like PruMerge), no conversion is guessed: every run is placed at the visual tokens it
 actually kept on average (metric ``visual_tokens_mean``), which is comparable across all of them.
 The CSV records the x value used (``budget_x``) and its unit (``budget_unit``).
+
+**Datasets.** Each run's dataset (name and digest of its MLflow dataset input; runs logged before
+datasets were recorded give their ``dataset`` param and no digest) is in the CSV. Runs over
+different datasets are not silently mixed: the plots' titles and the printout say so.
+
+**Chance** is the run's ``chance`` metric (evaluation runs log it), else its task's fixed chance
+(:func:`pipeline.experiments.tasks.chance_level`).
 
 **Accuracy.** The run's ``task`` param names its headline metric (see :data:`pipeline.experiments.tasks.TASKS`,
 e.g. ``vqa_accuracy``, ``anls``); without one, the first of ``accuracy`` and the tasks' metric
@@ -38,6 +47,11 @@ from matplotlib.figure import Figure
 
 from hired_ops.budget import Budget
 from pipeline.experiments.tasks import TASKS
+from pipeline.tracking.frontier import (
+    accuracy_vs_throughput,
+    accuracy_vs_tokens,
+    mixed_datasets_warning,
+)
 from pipeline.tracking.runs import (
     DEFAULT_EXPERIMENT,
     KIND_TAG,
@@ -67,6 +81,9 @@ COLUMNS = (
 )
 DETAIL_COLUMNS = (
     "accuracy_metric",
+    "chance",
+    "dataset",
+    "dataset_digest",
     "budget_x",
     "budget_unit",
     "visual_tokens_mean",
@@ -91,7 +108,8 @@ _METRIC_COLUMNS = (
 HEADLINE_METRICS = ("accuracy", *dict.fromkeys(spec.metric for spec in TASKS.values()))
 COMPARE_KIND = "compare"
 CSV_NAME = "compare.csv"
-ACCURACY_PLOT = "accuracy_vs_budget.png"
+ACCURACY_PLOT = "accuracy_vs_tokens.png"
+FRONTIER_PLOT = "accuracy_vs_throughput.png"
 THROUGHPUT_PLOT = "throughput_vs_budget.png"
 _SHORT_ID = 8
 _UNIT_LABELS = {
@@ -163,11 +181,14 @@ def run(args: argparse.Namespace) -> int:
     )
     written.append(_save(throughput, output / THROUGHPUT_PLOT))
     if any(row["accuracy"] is not None for row in rows):
-        metric_names = sorted({row["accuracy_metric"] for row in rows if row["accuracy_metric"]})
-        accuracy = plot_vs_budget(rows, x_unit, [("accuracy", " / ".join(metric_names))], "Accuracy vs budget")
-        written.append(_save(accuracy, output / ACCURACY_PLOT))
+        metric = " / ".join(sorted({row["accuracy_metric"] for row in rows if row["accuracy_metric"]}))
+        written.append(_save(accuracy_vs_tokens(rows, metric), output / ACCURACY_PLOT))
+        written.append(_save(accuracy_vs_throughput(rows, metric), output / FRONTIER_PLOT))
     else:
-        print(f"note: no run has an accuracy metric; {ACCURACY_PLOT} not drawn")
+        print(f"note: no run has an accuracy metric; {ACCURACY_PLOT} and {FRONTIER_PLOT} not drawn")
+    warning = mixed_datasets_warning(rows)
+    if warning:
+        print(warning)
     for path in written:
         print(f"wrote {path}")
 
@@ -241,6 +262,9 @@ def run_row(run: Run) -> dict[str, Any]:
     """One table row from an MLflow run."""
     params, metrics = run.data.params, run.data.metrics
     accuracy = headline_accuracy(params, metrics)
+    task = TASKS.get(params.get("task", ""))
+    inputs = run.inputs.dataset_inputs if run.inputs is not None else []
+    dataset = inputs[0].dataset if inputs else None
     row: dict[str, Any] = {
         "run_id": run.info.run_id,
         "run_name": run.info.run_name,
@@ -253,6 +277,10 @@ def run_row(run: Run) -> dict[str, Any]:
         "peak_host_mem_mb": metrics.get("peak_host_mem_mb_max"),
         "status": run.info.status,
         "experiment_id": run.info.experiment_id,
+        "chance": metrics.get("chance", task.chance if task is not None else None),
+        # older runs name their data only in the dataset param
+        "dataset": dataset.name if dataset is not None else params.get("dataset"),
+        "dataset_digest": dataset.digest if dataset is not None else None,
     }
     row.update({name: metrics.get(name) for name in _METRIC_COLUMNS})
     return row

@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         run_evaluation,
     )
     from pipeline.experiments.settings import sweep
+    from pipeline.tracking.live import ProgressPrinter
 
     settings = sweep(args.methods, args.budgets)
     # the sweep's --methods/--budgets replace the job's single --method/--budget: each setting
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"[{result.setting.name}] {headline} ({result.scored_rows} scored, {result.failed_rows} failed; "
               f"{result.new_rows} answered now) -> {result.output}", flush=True)
 
-    report = run_evaluation(config, tracking, on_result=progress)
+    report = run_evaluation(config, tracking, on_result=progress, watch=ProgressPrinter)
     print()
     print(f"{report.task.name} on {report.manifest} ({report.task.metric} first; percent):")
     print(report.to_markdown())

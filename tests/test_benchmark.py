@@ -105,12 +105,15 @@ def test_benchmark_command_table_and_runs(tmp_path, capsys):
     parent = next(r for r in runs if r.data.tags.get(KIND_TAG) == "benchmark-sweep")
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {TABLE_CSV, TABLE_MARKDOWN}
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert sorted(r.info.run_name for r in children) == ["full-b1", "full-b2", "hired-0.2-b1", "hired-0.2-b2"]
+    assert sorted(r.info.run_name for r in children) == [
+        f"benchmark · {setting} · tiny-llava-next · b{batch}" for setting in ("full", "hired 20%") for batch in (1, 2)
+    ]
     for child in children:
         assert child.data.params["method"] in ("full", "hired")
         assert child.data.params["batch_size"] in ("1", "2")
         metrics = child.data.metrics
         assert metrics["generated_tokens_per_s"] > 0 and metrics["ttft_p50_s"] > 0
         assert metrics["peak_host_mem_mb_max"] > 0
-        row = by_key[(child.info.run_name.rsplit("-b", 1)[0], int(child.data.params["batch_size"]))]
+        setting = "-".join(v for v in (child.data.params["method"], child.data.params["budget"]) if v != "None")
+        row = by_key[(setting, int(child.data.params["batch_size"]))]
         assert metrics["generated_tokens_per_s"] == pytest.approx(float(row["throughput_tok_s"]))

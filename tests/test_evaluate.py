@@ -185,27 +185,34 @@ def test_evaluate_sweep_on_the_sample_set(tmp_path, ray_local, capsys):
     parent = parents[0]
     assert parent.data.params["task"] == "vqa" and "method" not in parent.data.params  # compare skips it
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert sorted(r.info.run_name for r in children) == ["hired-0.2", "hired-0.4", "spatial-0.2", "spatial-0.4"]
+    assert sorted(r.data.params["setting"] for r in children) == ["hired-0.2", "hired-0.4", "spatial-0.2", "spatial-0.4"]
+    assert sorted(r.info.run_name for r in children) == [
+        f"evaluate vqa · {method} {budget} · tiny-llava-next"
+        for method in ("hired", "spatial") for budget in ("20%", "40%")
+    ]  # fmt: skip
+    assert parent.info.run_name == "evaluate vqa sweep · tiny-llava-next"
     assert {p.path for p in client.list_artifacts(parent.info.run_id)} == {TABLE_CSV, TABLE_MARKDOWN}
 
     manifest = {r["id"]: r for r in read_jsonl(EVAL / "vqa.jsonl")}
     task = get_task("vqa")
     for child in children:
         params, metrics = child.data.params, child.data.metrics
-        method, budget = child.info.run_name.split("-")
+        setting = child.data.params["setting"]
+        method, budget = setting.split("-")
         assert (params["method"], params["budget"], params["task"]) == (method, budget, "vqa")
         assert child.info.status == "FINISHED"
         # recompute every row's score from the written Parquet and the manifest
-        answers = pq.read_table(out / child.info.run_name).to_pylist()
+        answers = pq.read_table(out / setting).to_pylist()
         assert sorted(a["id"] for a in answers) == sorted(manifest)
         assert all(a["error"] is None and a["method"] == method for a in answers)
         scores = [task.score(a["text"], manifest[a["id"]]) for a in answers]
         assert metrics["vqa_accuracy"] == pytest.approx(sum(scores) / len(scores))
         assert metrics["scored_rows"] == 12 and metrics["failed_rows"] == 0
-        assert metrics["vqa_accuracy"] == parent.data.metrics[f"vqa_accuracy.{child.info.run_name}"]
+        assert metrics["vqa_accuracy"] == parent.data.metrics[f"vqa_accuracy.{setting}"]
+        assert metrics["chance"] == 0.0
         assert compare.headline_accuracy(params, metrics) == ("vqa_accuracy", metrics["vqa_accuracy"])
         assert metrics["visual_tokens_mean"] <= {"0.2": 576, "0.4": 1152}[budget]
-        folder = tmp_path / "artifacts" / child.info.run_name
+        folder = tmp_path / "artifacts" / setting
         folder.mkdir(parents=True)
         local = client.download_artifacts(child.info.run_id, PREDICTIONS_ARTIFACT, str(folder))
         logged = json.loads(Path(local).read_text())
@@ -233,7 +240,7 @@ def test_evaluate_pope_reports_its_four_numbers(tmp_path, ray_local, capsys):
     assert main(argv) == 0
     assert "| Method | visual tokens | f1 | accuracy | precision | recall | yes_ratio |" in capsys.readouterr().out
     _, runs = _runs(db, "pope-test")
-    children = {r.info.run_name: r for r in runs if r.data.tags.get(KIND_TAG) == "evaluate"}
+    children = {r.data.params["setting"]: r for r in runs if r.data.tags.get(KIND_TAG) == "evaluate"}
     assert sorted(children) == ["full", "hired-0.2"]
     assert children["full"].data.params["budget"] == "None"  # full keeps what it has
     for child in children.values():
@@ -241,5 +248,6 @@ def test_evaluate_pope_reports_its_four_numbers(tmp_path, ray_local, capsys):
         assert {"accuracy", "precision", "recall", "f1", "yes_ratio"} <= set(metrics)
         assert metrics["scored_rows"] == 6
         assert compare.headline_accuracy(child.data.params, metrics)[0] == "f1"
+        assert metrics["chance"] == 0.5
     tokens = {name: child.data.metrics["visual_tokens_mean"] for name, child in children.items()}
     assert tokens["full"] > tokens["hired-0.2"]

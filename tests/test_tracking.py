@@ -10,14 +10,10 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +53,7 @@ from pipeline.tracking.runs import (
     package_version,
     start_job_run,
 )
+from tests.mlflow_server import mlflow_server  # noqa: F401  (a loopback server per module)
 
 MIB = 2**20
 PROMPT = "Describe the image."
@@ -150,50 +147,6 @@ def successful(table: pa.Table, column: str) -> np.ndarray:
     return np.array([r[column] for r in table.to_pylist() if r["error"] is None], dtype=np.float64)
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """``http://127.0.0.1:<port>`` of a real MLflow tracking server with proxied artifacts."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    with socket.socket() as probe:  # a free port: bind to 0, read it, release it
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log = (root / "server.log").open("w")
-    command = [
-        sys.executable, "-m", "mlflow", "server",
-        "--host", "127.0.0.1", "--port", str(port),
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination", str(root / "artifacts"),
-        "--workers", "1",
-    ]  # fmt: skip
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    # its own process group: the server forks workers, and all of them must go at the end
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"mlflow server exited with {server.returncode}:\n{(root / 'server.log').read_text()}")
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server not healthy after 60 s:\n{(root / 'server.log').read_text()}")
-            time.sleep(0.5)
-        yield uri, root / "artifacts"
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
-
-
 @pytest.fixture(params=["sqlite", pytest.param("server", marks=pytest.mark.slow)])
 def backend(request, tmp_path):
     """``(tracking URI, folder the artifacts must land in)`` for each kind of store."""
@@ -265,7 +218,9 @@ def test_job_metrics_are_computed_from_the_rows(job_output):
     assert (metrics["visual_tokens_min"], metrics["visual_tokens_max"]) == (tokens.min(), tokens.max())
     assert metrics["padding_fraction_mean"] == pytest.approx(successful(table, "padding_fraction").mean())
     assert metrics["feature_bytes_mean"] == pytest.approx(successful(table, "feature_bytes").mean())
-    assert metrics["peak_accel_mem_mb.vision-0"] == 3 and metrics["peak_accel_mem_mb.llm-0"] == 5
+    assert metrics["vision.peak_accel_mem_mb"] == 3 and metrics["llm.peak_accel_mem_mb"] == 5
+    assert metrics["vision.actors"] == metrics["llm.actors"] == 1
+    assert not [key for key in metrics if "-0" in key]  # no key names an actor
     assert metrics["peak_accel_mem_mb_max"] == 5 and metrics["peak_host_mem_mb_max"] == 900
     assert metrics["vqa_accuracy"] == 0.625
 
@@ -556,14 +511,14 @@ def test_compare_orders_by_a_column_and_writes_plots(compared_runs, tmp_path, ca
     assert {row["accuracy_metric"] for row in rows} == {"vqa_accuracy"}
     assert {row["budget_unit"] for row in rows} == {"fraction"}
     assert [float(row["images_per_s"]) for row in rows] == pytest.approx([4 / 2, 4 / 3, 4 / 4])
-    for name in ("accuracy_vs_budget.png", "throughput_vs_budget.png"):
+    for name in ("accuracy_vs_tokens.png", "accuracy_vs_throughput.png", "throughput_vs_budget.png"):
         assert_png(out / name)
 
     logged = re.search(r"logged as run ([0-9a-f]{32})", stdout).group(1)
     client = MlflowClient(uri)
     assert client.get_run(logged).info.run_name == "compare"
     artifacts = {a.path for a in client.list_artifacts(logged)}
-    assert artifacts == {"compare.csv", "accuracy_vs_budget.png", "throughput_vs_budget.png"}
+    assert artifacts == {"compare.csv", "accuracy_vs_tokens.png", "accuracy_vs_throughput.png", "throughput_vs_budget.png"}
 
     # the compare run just logged is not a job run: comparing again still shows the three, by
     # default by method then budget
@@ -608,7 +563,7 @@ def test_compare_without_accuracy_and_with_mixed_budget_units(job_output, tmp_pa
     out = tmp_path / "out"
     assert run_compare("--experiment", "mixed", "--tracking-uri", uri, "--output", str(out), "--no-log") == 0
     assert "no run has an accuracy metric" in capsys.readouterr().out
-    assert not (out / "accuracy_vs_budget.png").exists()
+    assert not (out / "accuracy_vs_tokens.png").exists() and not (out / "accuracy_vs_throughput.png").exists()
     assert_png(out / "throughput_vs_budget.png")
     with (out / "compare.csv").open() as handle:
         rows = list(csv.DictReader(handle))

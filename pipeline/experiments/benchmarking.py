@@ -50,6 +50,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,6 +63,8 @@ from pipeline.model.config import ModelConfig
 from pipeline.model.generation import DEFAULT_PROMPT, GenerateOptions
 from pipeline.model.loading import load_model
 from pipeline.model.vlm import HiredVLM
+from pipeline.tracking.live import sweep_label
+from pipeline.tracking.naming import run_name
 from pipeline.tracking.runs import KIND_TAG, TrackingConfig, start_job_run
 
 from .bench_report import TIMERS, BenchReport, BenchResult, machine_description
@@ -124,13 +127,16 @@ def run_benchmark(
     config: BenchConfig,
     tracking: TrackingConfig,
     on_result: Callable[[BenchResult], None] | None = None,
+    on_start: Callable[[str], None] | None = None,
 ) -> BenchReport:
     """Load the model once, measure every setting at every batch size, log and return them.
 
     Args:
         config: the sweep.
         tracking: where the runs go (``run_name`` names the parent); system metrics are turned off.
-        on_result: called after each measurement, e.g. to print progress.
+        on_result: called after each measurement, e.g. to print its numbers.
+        on_start: called before each measurement with a label saying which of how many it is
+            and the sweep's time left (see :func:`pipeline.tracking.live.sweep_label`).
     """
     model, processor = load_model(config.model.name, device=config.model.device, dtype=config.model.dtype)
     vlm = HiredVLM(model, processor)  # every request passes its setting's DropConfig
@@ -158,32 +164,40 @@ def run_benchmark(
         "timers": TIMERS,
     }
     parent_tracking = dataclasses.replace(
-        quiet, run_name=tracking.run_name or "benchmark", tags={**tracking.tags, KIND_TAG: SWEEP_KIND}
+        quiet,
+        run_name=tracking.run_name or run_name("benchmark sweep", None, None, config.model.name),
+        tags={**tracking.tags, KIND_TAG: SWEEP_KIND},
     )
+    cells = [(setting, batch_size) for setting in config.settings for batch_size in config.batch_sizes]
+    started = time.monotonic()
     with start_job_run(parent_tracking, parent_params) as parent:
-        for setting in config.settings:
+        for index, (setting, batch_size) in enumerate(cells):
             drop = setting.apply(config.drop)
-            for batch_size in config.batch_sizes:
-                child_tracking = dataclasses.replace(
-                    quiet, run_name=f"{setting.name}-b{batch_size}", tags={**tracking.tags, KIND_TAG: SETTING_KIND}
-                )
-                params = {
-                    **common,
-                    "method": setting.method,
-                    "budget": setting.budget,
-                    "batch_size": batch_size,
-                    "alpha": drop.alpha,
-                    "l_init": drop.l_init,
-                    "l_final": drop.l_final,
-                    "newlines": drop.newlines,
-                }
-                with start_job_run(child_tracking, params, parent_run_id=parent.run_id) as run:
-                    result = measure(vlm, images, config, setting, batch_size)
-                    result.run_id = run.run_id
-                    run.log_metrics(result.metrics())
-                report.results.append(result)
-                if on_result is not None:
-                    on_result(result)
+            if on_start is not None:
+                cell = f"{setting.name} b{batch_size}"
+                on_start(sweep_label(index, len(cells), cell, started, time.monotonic()))
+            child_tracking = dataclasses.replace(
+                quiet,
+                run_name=run_name("benchmark", setting.method, setting.budget, config.model.name, f"b{batch_size}"),
+                tags={**tracking.tags, KIND_TAG: SETTING_KIND},
+            )
+            params = {
+                **common,
+                "method": setting.method,
+                "budget": setting.budget,
+                "batch_size": batch_size,
+                "alpha": drop.alpha,
+                "l_init": drop.l_init,
+                "l_final": drop.l_final,
+                "newlines": drop.newlines,
+            }
+            with start_job_run(child_tracking, params, parent_run_id=parent.run_id) as run:
+                result = measure(vlm, images, config, setting, batch_size)
+                result.run_id = run.run_id
+                run.log_metrics(result.metrics())
+            report.results.append(result)
+            if on_result is not None:
+                on_result(result)
         report.parent_run_id = parent.run_id
         parent.log_text(report.to_csv(), TABLE_CSV)
         parent.log_text(report.markdown() + "\n", TABLE_MARKDOWN)

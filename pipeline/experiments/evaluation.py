@@ -33,9 +33,11 @@ configurations would give a wrong score. ``resume=False`` redoes every row and s
 **MLflow.** One parent run (tag ``hired.kind=evaluate-sweep``; params ``task``, ``dataset``,
 ``model``, ``methods``, ``budgets``; the table as ``table.csv`` and ``table.md``; the headline
 metric per setting as ``<metric>.<setting>``), and one child run per setting (tag
-``hired.kind=evaluate``) with the job's params plus ``task`` and ``setting``, the job's metrics
-(:func:`pipeline.tracking.job_metrics`) plus the task's metrics and ``scored_rows`` /
-``failed_rows``, and ``eval/predictions.json`` (each row's answer and score). ``hired compare``
+``hired.kind=evaluate``, named ``evaluate vqa · hired 20% · <model>``) with the job's params plus
+``task`` and ``setting``, the job's metrics (:func:`pipeline.tracking.job_metrics`, live ones while
+it runs) plus the task's metrics, ``chance`` (:func:`pipeline.experiments.tasks.chance_level`) and
+``scored_rows`` / ``failed_rows``, and ``eval/predictions.json`` (each row's answer and score).
+The manifest is every run's dataset input (a digest of its bytes and its row count). ``hired compare``
 reads the child runs as it reads any job run.
 """
 
@@ -44,6 +46,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,13 +57,17 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.batch.config import JobConfig
-from pipeline.data.storage import resolve_storage_options
+from pipeline.batch.progress import ProgressCallback
+from pipeline.data.storage import filesystem, is_image_path, resolve_storage_options
+from pipeline.tracking.datasets import InputDataset, describe_input, log_input
+from pipeline.tracking.live import both, sweep_label
+from pipeline.tracking.naming import run_name
 from pipeline.tracking.results import track_job
 from pipeline.tracking.runs import KIND_TAG, JobRun, TrackingConfig, start_job_run
 
 from .labelled import LabelledSet, load_labelled_set
 from .settings import TABLE_CSV, TABLE_MARKDOWN, Setting, csv_text
-from .tasks import TaskSpec, aggregate, get_task
+from .tasks import TaskSpec, aggregate, chance_level, get_task
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +76,9 @@ SETTING_KIND = "evaluate"
 # The leading underscore keeps it out of Parquet dataset readers (pyarrow, pandas, Spark skip "_*").
 SETTING_FILE = "_setting.json"
 PREDICTIONS_ARTIFACT = "eval/predictions.json"
+
+# Given a label ("setting 2 of 5: hired-0.2, ..."), a callback for that setting's job progress.
+SettingWatcher = Callable[[str], ProgressCallback]
 
 # Fields of a setting's JobConfig that change its answers; resuming across a change is refused.
 _ANSWER_FIELDS = (
@@ -272,7 +282,13 @@ def score_answers(labelled: LabelledSet, answers: pa.Table) -> tuple[dict[str, f
 
 
 def _run_setting(
-    config: EvalConfig, labelled: LabelledSet, setting: Setting, tracking: TrackingConfig, parent: JobRun
+    config: EvalConfig,
+    labelled: LabelledSet,
+    setting: Setting,
+    tracking: TrackingConfig,
+    parent: JobRun,
+    dataset: InputDataset | str,
+    on_progress: ProgressCallback | None = None,
 ) -> SettingResult:
     from pipeline.batch.driver import run_job
 
@@ -280,8 +296,13 @@ def _run_setting(
     fs, root = fsspec.core.url_to_fs(job.output, **resolve_storage_options(job.output, job.storage_options))
     root = root.rstrip("/")
     _check_setting_folder(fs, root, _fingerprint(job, labelled), job.resume)
-    child_tracking = dataclasses.replace(tracking, run_name=setting.name)
-    with track_job(child_tracking, job, labelled.manifest, SETTING_KIND, parent_run_id=parent.run_id) as tracker:
+    # the user's --run-name names the sweep's parent run; each child is named after its setting
+    child_tracking = dataclasses.replace(tracking, run_name=None)
+    title = f"evaluate {labelled.task.name}"
+    with (
+        track_job(child_tracking, job, dataset, SETTING_KIND, parent_run_id=parent.run_id, title=title) as tracker,
+        tracker.live() as live,
+    ):
         tracker.run.log_params(
             {
                 "task": labelled.task.name,
@@ -290,7 +311,7 @@ def _run_setting(
                 "rows": len(labelled.inputs),
             }
         )
-        summary = run_job(job, rows=list(labelled.inputs))
+        summary = run_job(job, rows=list(labelled.inputs), on_progress=both(live, on_progress))
         new_ids = set(summary.table.column("id").to_pylist())
         earlier = _earlier_answers(fs, root, new_ids) if job.resume else []
         answers = pa.concat_tables([*earlier, summary.table], promote_options="permissive")
@@ -300,7 +321,9 @@ def _run_setting(
             logger.warning(
                 "%s: %d rows had no answer (image failed) and are not scored", setting.name, metrics["failed_rows"]
             )
-        job_metrics = tracker.log_summary(summary, summary.figures, metrics)
+        chance = chance_level(labelled.task, list(labelled.labels.values()))
+        extra = {**metrics, **({} if chance is None else {"chance": chance})}
+        job_metrics = tracker.log_summary(summary, summary.figures, extra)
         tracker.run.log_json(predictions, PREDICTIONS_ARTIFACT)
     ok = answers.filter(pc.is_null(answers["error"]))
     tokens = pc.mean(ok["visual_tokens"]).as_py() if ok.num_rows else None
@@ -318,26 +341,37 @@ def _run_setting(
     )
 
 
+def describe_manifest(job: JobConfig) -> InputDataset:
+    """The labelled manifest as an MLflow dataset input (a digest of its bytes, its row count)."""
+    fs, path, _ = filesystem(job.input, job.storage_options)
+    return describe_input(job.input, fs, path, is_image_path)
+
+
 def run_evaluation(
     config: EvalConfig,
     tracking: TrackingConfig,
     on_result: Callable[[SettingResult], None] | None = None,
+    watch: SettingWatcher | None = None,
 ) -> EvalReport:
     """Run every setting of the sweep on the labelled set and score it.
 
     Args:
         config: the sweep.
         tracking: where the parent and child runs go (its ``run_name`` names the parent).
-        on_result: called after each setting, e.g. to print progress.
+        on_result: called after each setting, e.g. to print its scores.
+        watch: called before each setting with a label saying which of how many it is (and the
+            sweep's time left); returns the ``on_progress`` callback for that setting's job,
+            e.g. a :class:`pipeline.tracking.live.ProgressPrinter`.
 
     Returns:
         the report, whose :meth:`EvalReport.to_markdown` is the Table-3-style table.
     """
     job = config.job
     labelled = load_labelled_set(job.input, config.task, job.storage_options, job.limit)
+    dataset = describe_manifest(job) if tracking.enabled else labelled.manifest
     parent_tracking = dataclasses.replace(
         tracking,
-        run_name=tracking.run_name or f"evaluate-{labelled.task.name}",
+        run_name=tracking.run_name or run_name(f"evaluate {labelled.task.name} sweep", None, None, job.model.name),
         tags={**tracking.tags, KIND_TAG: SWEEP_KIND},
         log_system_metrics=False,  # the child runs record the machine while the work happens
     )
@@ -353,9 +387,14 @@ def run_evaluation(
         "output": job.output,
     }
     results: list[SettingResult] = []
+    started = time.monotonic()
     with start_job_run(parent_tracking, parent_params) as parent:
-        for setting in config.settings:
-            result = _run_setting(config, labelled, setting, tracking, parent)
+        if isinstance(dataset, InputDataset):
+            log_input(parent, dataset, SWEEP_KIND)
+        for index, setting in enumerate(config.settings):
+            label = sweep_label(index, len(config.settings), setting.name, started, time.monotonic())
+            watcher = watch(label) if watch is not None else None
+            result = _run_setting(config, labelled, setting, tracking, parent, dataset, watcher)
             results.append(result)
             parent.log_metrics({f"{name}.{setting.name}": value for name, value in result.metrics.items()})
             if on_result is not None:

@@ -63,13 +63,15 @@ class TaskSpec:
 
     ``prompt_template`` holds ``{question}`` and, for multiple choice, ``{choices}`` (filled by
     :func:`format_choices`). ``metric`` names the headline number :func:`aggregate` reports.
-    ``scorer`` maps ``(prediction, row)`` to a per-row score in [0, 1].
+    ``scorer`` maps ``(prediction, row)`` to a per-row score in [0, 1]. ``chance`` is the headline
+    metric of guessing, where it does not depend on the rows (see :func:`chance_level`).
     """
 
     name: str
     prompt_template: str
     metric: str
     scorer: Callable[[str, Row], float]
+    chance: float | None = 0.0
 
     def score(self, prediction: str, row: Row) -> float:
         """Score one model reply against its manifest row."""
@@ -97,8 +99,10 @@ TASKS: dict[str, TaskSpec] = {
             "{question}\n{choices}\nAnswer with the option's letter from the given choices directly.",
             "choice_accuracy",
             _score_multiple_choice,
+            chance=None,  # one over each row's number of choices
         ),
-        TaskSpec("pope", _SHORT_ANSWER, "f1", _score_pope),
+        # a coin flip's F1 on a balanced yes/no set (POPE's are balanced by construction)
+        TaskSpec("pope", _SHORT_ANSWER, "f1", _score_pope, chance=0.5),
         TaskSpec("exact", _SHORT_ANSWER, "exact_match", _score_exact),
     )
 }
@@ -112,6 +116,17 @@ def get_task(task: str | TaskSpec) -> TaskSpec:
         return TASKS[task]
     except (KeyError, TypeError):
         raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(sorted(TASKS))}") from None
+
+
+def chance_level(task: str | TaskSpec, rows: Sequence[Row] = ()) -> float | None:
+    """The headline metric a guesser gets: the task's fixed ``chance`` (0 for open answers, 0.5
+    for pope), or for multiple choice the mean of ``1 / len(choices)`` over ``rows`` (``None``
+    without rows)."""
+    spec = get_task(task)
+    if spec.chance is not None:
+        return spec.chance
+    counts = [len(row["choices"]) for row in rows if row.get("choices")]
+    return sum(1.0 / count for count in counts) / len(counts) if counts else None
 
 
 def aggregate(

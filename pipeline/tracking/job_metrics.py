@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-if TYPE_CHECKING:
-
-
-    pass
-
 logger = logging.getLogger(__name__)
 
 
 MIB = 2**20
-# Characters MLflow accepts in metric names; actor names are free-form, so the rest become "_".
-_METRIC_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /:]")
 
 # Columns job_metrics reads; a table without them is not a job's output.
 _METRIC_COLUMNS = (
@@ -61,8 +53,12 @@ def job_metrics(
         ``decode_s + vision_s + generate_s``);
         ``visual_tokens_mean``, ``visual_tokens_min``, ``visual_tokens_max``;
         ``padding_fraction_mean``, ``feature_bytes_mean``;
-        ``peak_accel_mem_mb.<actor>``, ``peak_host_mem_mb.<actor>``, ``peak_accel_mem_mb_max``,
-        ``peak_host_mem_mb_max`` (from ``actor_stats``, items as :func:`peak_memory_stats` returns);
+        per pool (``vision``, ``llm``): ``<pool>.actors``, ``<pool>.peak_host_mem_mb`` and
+        ``<pool>.peak_accel_mem_mb`` (each actor's peak, summed over the pool: its footprint),
+        ``<pool>.mean_host_mem_mb`` and ``<pool>.mean_accel_mem_mb`` (per actor); and
+        ``peak_accel_mem_mb_max``, ``peak_host_mem_mb_max`` (the largest actor); all from
+        ``actor_stats``, items as :func:`peak_memory_stats` returns (see :func:`actor_table`
+        for the per-actor detail);
         and ``extra_metrics`` (e.g. accuracy) passed through.
     """
     if wall_s <= 0:
@@ -106,21 +102,49 @@ def job_metrics(
     return metrics
 
 
-def _memory_metrics(actor_stats: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    metrics: dict[str, float] = {}
+def actor_peaks(actor_stats: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each actor's peak memory in MiB, keyed by actor name: ``{"pool", "peak_accel_mem_mb",
+    "peak_host_mem_mb"}``. Several reports from one actor (one per batch) keep the largest; the
+    pool is the name's part before its first ``-`` (``vision-3299`` is in ``vision``)."""
+    peaks: dict[str, dict[str, Any]] = {}
     for stats in actor_stats:
         try:
-            name = _METRIC_NAME_UNSAFE.sub("_", str(stats["actor"]))
+            name = str(stats["actor"])
             accel, host = stats["peak_accelerator_bytes"] / MIB, stats["peak_host_bytes"] / MIB
         except KeyError as error:
             raise ValueError(
                 f"actor stats need 'actor', 'peak_accelerator_bytes' and 'peak_host_bytes' "
                 f"(see peak_memory_stats); got keys {sorted(stats)}"
             ) from error
-        # several reports from one actor (one per batch, say): its peak is the largest
-        metrics[f"peak_accel_mem_mb.{name}"] = max(accel, metrics.get(f"peak_accel_mem_mb.{name}", 0.0))
-        metrics[f"peak_host_mem_mb.{name}"] = max(host, metrics.get(f"peak_host_mem_mb.{name}", 0.0))
-    if actor_stats:
-        metrics["peak_accel_mem_mb_max"] = max(v for k, v in metrics.items() if k.startswith("peak_accel_mem_mb."))
-        metrics["peak_host_mem_mb_max"] = max(v for k, v in metrics.items() if k.startswith("peak_host_mem_mb."))
+        known = peaks.setdefault(name, {"pool": name.split("-", 1)[0], "peak_accel_mem_mb": 0.0, "peak_host_mem_mb": 0.0})
+        known["peak_accel_mem_mb"] = max(accel, known["peak_accel_mem_mb"])
+        known["peak_host_mem_mb"] = max(host, known["peak_host_mem_mb"])
+    return peaks
+
+
+def actor_table(actor_stats: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    """Per-actor peaks as columns (``actor``, ``pool``, ``peak_accel_mem_mb``,
+    ``peak_host_mem_mb``), for a table artifact: the detail the pool metrics sum up."""
+    peaks = actor_peaks(actor_stats)
+    columns: dict[str, list[Any]] = {"actor": list(peaks)}
+    for key in ("pool", "peak_accel_mem_mb", "peak_host_mem_mb"):
+        columns[key] = [stats[key] for stats in peaks.values()]
+    return columns
+
+
+def _memory_metrics(actor_stats: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Per pool, keys every run of a job shares whatever its pool sizes (a key per actor would
+    differ from run to run, and a 100-actor job would log 200 of them)."""
+    peaks = actor_peaks(actor_stats)
+    metrics: dict[str, float] = {}
+    for pool in dict.fromkeys(stats["pool"] for stats in peaks.values()):
+        members = [stats for stats in peaks.values() if stats["pool"] == pool]
+        metrics[f"{pool}.actors"] = float(len(members))
+        for kind in ("accel", "host"):
+            values = [stats[f"peak_{kind}_mem_mb"] for stats in members]
+            metrics[f"{pool}.peak_{kind}_mem_mb"] = float(sum(values))
+            metrics[f"{pool}.mean_{kind}_mem_mb"] = float(sum(values) / len(values))
+    if peaks:
+        metrics["peak_accel_mem_mb_max"] = max(stats["peak_accel_mem_mb"] for stats in peaks.values())
+        metrics["peak_host_mem_mb_max"] = max(stats["peak_host_mem_mb"] for stats in peaks.values())
     return metrics

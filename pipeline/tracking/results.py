@@ -28,6 +28,7 @@ a fraction, "576" a token count) and ``task`` (evaluation jobs). Metric names ar
 * ``config.json``: the job's resolved configuration;
 * ``samples/outputs_sample.json``: the first rows of the output, without bulky columns;
 * ``plots/visual_tokens_hist.png``: visual tokens kept per image;
+* ``memory/actors.json``: each actor's peak memory (a table; the metrics sum it per pool);
 * ``kept_patches/<NN>_<image id>.png``: kept patches drawn over each partition, for a few images.
 """
 
@@ -46,7 +47,10 @@ from PIL import Image
 
 from hired_ops.vision import VisionGeometry
 
-from .job_metrics import column_values, job_metrics
+from .datasets import InputDataset, log_input
+from .job_metrics import actor_table, column_values, job_metrics
+from .live import LiveMetrics
+from .naming import run_name
 from .runs import KIND_TAG, JobRun, TrackingConfig, start_job_run
 
 if TYPE_CHECKING:
@@ -59,6 +63,7 @@ logger = logging.getLogger(__name__)
 CONFIG_ARTIFACT = "config.json"
 SAMPLE_ARTIFACT = "samples/outputs_sample.json"
 HISTOGRAM_ARTIFACT = "plots/visual_tokens_hist.png"
+ACTORS_ARTIFACT = "memory/actors.json"
 KEPT_PATCHES_DIR = "kept_patches"
 SAMPLE_ROWS = 20
 SAMPLE_TEXT_CHARS = 2000  # long generations are cut in the sample; the Parquet has them whole
@@ -135,6 +140,8 @@ def log_job_results(
     run.log_metrics(metrics)
     run.log_json(dict(config_dict), CONFIG_ARTIFACT)
     run.log_json(output_sample(table), SAMPLE_ARTIFACT)
+    if actor_stats:
+        run.log_table(actor_table(actor_stats), ACTORS_ARTIFACT)
     ok = table.filter(pc.is_null(table["error"]))
     run.log_figure(tokens_histogram(column_values(ok, "visual_tokens")), HISTOGRAM_ARTIFACT)
     for index, (image, encoded, image_id) in enumerate(images_for_figures):
@@ -161,10 +168,17 @@ class JobConfigLike(Protocol):
 
 @dataclass(frozen=True)
 class JobTracker:
-    """What :func:`track_job` yields: the run, and the job's resolved config to log with results."""
+    """What :func:`track_job` yields: the run, the job's resolved config to log with results, and
+    how often its live metrics are logged."""
 
     run: JobRun
     config: dict[str, Any]
+    live_interval_s: float = 0.0
+
+    def live(self) -> LiveMetrics:
+        """Live metrics for the job's run: ``with tracker.live() as watch: run_job(...,
+        on_progress=watch)`` (see :mod:`pipeline.tracking.live`)."""
+        return LiveMetrics(self.run, self.live_interval_s)
 
     def log_summary(
         self,
@@ -191,11 +205,26 @@ class JobTracker:
 
 @contextmanager
 def track_job(
-    tracking: TrackingConfig, config: JobConfigLike, dataset: str, kind: str = "job", parent_run_id: str | None = None
+    tracking: TrackingConfig,
+    config: JobConfigLike,
+    dataset: InputDataset | str,
+    kind: str = "job",
+    parent_run_id: str | None = None,
+    title: str | None = None,
 ) -> Iterator[JobTracker]:
-    """One run for a job: params are ``config.to_params()`` plus ``dataset``, the run is tagged
-    ``hired.kind = kind``, and :meth:`JobTracker.log_summary` logs ``config.to_dict()`` as its
-    ``config.json``."""
-    tagged = replace(tracking, tags={**tracking.tags, KIND_TAG: kind})
-    with start_job_run(tagged, {**config.to_params(), "dataset": dataset}, parent_run_id) as run:
-        yield JobTracker(run, config.to_dict())
+    """One run for a job: params are ``config.to_params()`` plus ``dataset`` (the input's URI),
+    the run is tagged ``hired.kind = kind``, and :meth:`JobTracker.log_summary` logs
+    ``config.to_dict()`` as its ``config.json``.
+
+    An :class:`InputDataset` is also attached as the run's dataset input (context ``kind``).
+    Unless ``tracking.run_name`` is set, the run is named after what runs (``title``, by
+    default ``kind``; method and budget; model): see :func:`pipeline.tracking.naming.run_name`.
+    """
+    params = config.to_params()
+    name = tracking.run_name or run_name(title or kind, params.get("method"), params.get("budget"), params.get("model"))
+    tagged = replace(tracking, run_name=name, tags={**tracking.tags, KIND_TAG: kind})
+    uri = dataset.uri if isinstance(dataset, InputDataset) else dataset
+    with start_job_run(tagged, {**params, "dataset": uri}, parent_run_id) as run:
+        if isinstance(dataset, InputDataset):
+            log_input(run, dataset, kind)
+        yield JobTracker(run, config.to_dict(), tracking.live_interval_s)

@@ -10,7 +10,7 @@ import logging
 import os
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -31,6 +31,10 @@ PACKAGE = "hired-ray"
 REPO_DIR = Path(__file__).resolve().parents[2]
 # Tag that marks what kind of run this is, so `hired compare` can leave its own runs out.
 KIND_TAG = "hired.kind"
+# MLflow 3's UI opens an experiment in its GenAI view unless this tag names the model-training
+# kind, whose view charts and compares runs; MLflow's Python API has no constant for it.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_KIND = "custom_model_development"
 
 
 def default_tracking_uri() -> str:
@@ -46,13 +50,16 @@ class TrackingConfig:
         tracking_uri: an MLflow tracking URI (``sqlite:///path/mlflow.db``, ``http://host:5000``,
             ...). ``None`` resolves to :func:`default_tracking_uri` when the config is built.
         experiment: experiment name; created on first use.
-        run_name: the run's name; ``None`` lets MLflow pick one.
+        run_name: the run's name; ``None`` names it after what ran (see
+            :func:`pipeline.tracking.naming.run_name`).
         tags: extra run tags.
         enabled: ``False`` records nothing (the run object's methods do nothing).
         log_system_metrics: sample CPU, memory, disk, network (and NVIDIA GPU with ``pynvml``) of
             the driver into ``system/*`` metrics, every ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL``
             seconds (10 by default). Needs ``psutil``; without it a warning is logged and the job
             goes on. Actors' memory is not seen here: see :func:`peak_memory_stats`.
+        live_interval_s: while a job runs, seconds between steps of its live metrics (rows done,
+            images/s, ...; see :mod:`pipeline.tracking.live`); 0 logs none.
     """
 
     tracking_uri: str | None = None
@@ -61,6 +68,7 @@ class TrackingConfig:
     tags: Mapping[str, str] = field(default_factory=dict)
     enabled: bool = True
     log_system_metrics: bool = True
+    live_interval_s: float = 5.0
 
     def __post_init__(self) -> None:
         uri = (self.tracking_uri or default_tracking_uri()).strip()
@@ -77,6 +85,8 @@ class TrackingConfig:
         if bad:
             raise ValueError(f"tags must map strings to strings; offending keys: {bad}")
         object.__setattr__(self, "tags", dict(self.tags))
+        if not self.live_interval_s >= 0:
+            raise ValueError(f"live_interval_s must be >= 0 (0 turns live metrics off), got {self.live_interval_s}")
 
     @property
     def sqlite_path(self) -> Path | None:
@@ -125,16 +135,28 @@ class JobRun:
         client: the MLflow client bound to the tracking URI (``None`` when disabled).
         run_id, experiment_id: the run's ids (``None`` when disabled).
         tracking_uri: where the run lives.
+        name: the run's name.
     """
 
     client: MlflowClient | None
     run_id: str | None
     experiment_id: str | None
     tracking_uri: str | None
+    name: str | None = None
 
     @property
     def enabled(self) -> bool:
         return self.client is not None
+
+    @property
+    def ui_url(self) -> str | None:
+        """The run's page in the MLflow UI of an ``http(s)`` tracking server, in the UI's
+        model-training view (the UI's own switch defaults to its GenAI view); ``None`` for other
+        stores (``mlflow ui --backend-store-uri <uri>`` serves those)."""
+        if self.run_id is None or urlparse(self.tracking_uri or "").scheme not in ("http", "https"):
+            return None
+        route = f"experiments/{self.experiment_id}/runs/{self.run_id}"
+        return f"{self.tracking_uri.rstrip('/')}/#/{route}?workflowType=machine_learning"
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log params (values as strings; over-long ones cut to MLflow's limit, with a warning)."""
@@ -179,6 +201,12 @@ class JobRun:
             return
         self.client.log_figure(self.run_id, figure, artifact_file, save_kwargs={"dpi": 100})
 
+    def log_table(self, data: Mapping[str, Sequence[Any]], artifact_file: str) -> None:
+        """A table (columns of equal length) as a JSON artifact the MLflow UI shows as a table."""
+        if self.client is None:
+            return
+        self.client.log_table(self.run_id, dict(data), artifact_file)
+
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
         if self.client is None:
             return
@@ -222,14 +250,22 @@ def git_commit() -> str:
 
 
 def _ensure_experiment(client: MlflowClient, config: TrackingConfig) -> str:
-    """Id of the config's experiment, created (with its artifact location) if missing."""
+    """Id of the config's experiment, created (with its artifact location) if missing.
+
+    The experiment is marked as MLflow's model-training kind (:data:`TRAINING_KIND`), so the UI
+    opens it where runs are charted and compared; a kind the user already gave it is kept.
+    """
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
     experiment = client.get_experiment_by_name(config.experiment)
     if experiment is None:
         try:
-            return client.create_experiment(config.experiment, artifact_location=config.artifact_location)
+            return client.create_experiment(
+                config.experiment,
+                artifact_location=config.artifact_location,
+                tags={EXPERIMENT_KIND_TAG: TRAINING_KIND},
+            )
         except MlflowException as error:
             # another job created it between our lookup and create: use theirs
             if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
@@ -240,6 +276,8 @@ def _ensure_experiment(client: MlflowClient, config: TrackingConfig) -> str:
             f"experiment {config.experiment!r} at {config.tracking_uri} is deleted: restore it "
             f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) or choose another name"
         )
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
     return experiment.experiment_id
 
 
@@ -295,7 +333,7 @@ def start_job_run(
             )
         tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
     info = client.create_run(experiment_id, tags=tags, run_name=config.run_name).info
-    run = JobRun(client, info.run_id, experiment_id, config.tracking_uri)
+    run = JobRun(client, info.run_id, experiment_id, config.tracking_uri, info.run_name)
     monitor = _start_system_metrics(info.run_id, config.tracking_uri) if config.log_system_metrics else None
     status = RunStatus.FAILED
     try:
