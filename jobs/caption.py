@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 from pathlib import Path
+from typing import TextIO
 
 from hired_ops import ALLOCATIONS, METHODS, SELECTIONS, DropConfig
 from jobs.flags import add_config_arguments, build
 from pipeline.batch.config import JobConfig, PoolConfig
+from pipeline.batch.progress import Progress
 from pipeline.data.images import DecodeLimits
 from pipeline.model.config import ModelConfig
 from pipeline.model.generation import GenerateOptions
@@ -75,9 +79,9 @@ def add_job_arguments(parser: argparse.ArgumentParser, drop_defaults: dict | Non
     pools = parser.add_argument_group("Ray pools")
     for role in ROLES:
         add_config_arguments(pools, PoolConfig, prefix=f"{role}-", flags=POOL_FLAGS)
-    add_config_arguments(pools, JobConfig, only=("decode_batch_size", "max_padding"))
+    add_config_arguments(pools, JobConfig, only=("decode_batch_size", "decode_resources", "max_padding"))
     data = parser.add_argument_group("data")
-    add_config_arguments(data, JobConfig, only=("limit", "resume"))
+    add_config_arguments(data, JobConfig, only=("limit", "resume", "retry_errors"))
     add_config_arguments(data, DecodeLimits, flags=DECODE_FLAGS)
     add_tracking_arguments(parser)
 
@@ -92,7 +96,7 @@ def job_config(args: argparse.Namespace, **given) -> JobConfig:
         **{role: build(PoolConfig, args, prefix=f"{role}_", flags=POOL_FLAGS) for role in ROLES},
     )
     return build(
-        JobConfig, args, only=("input", "output", "prompt", "decode_batch_size", "max_padding", "limit", "resume"),
+        JobConfig, args, only=("input", "output", "prompt", "decode_batch_size", "decode_resources", "max_padding", "limit", "resume", "retry_errors"),
         **{**nested, **given},
     )
 
@@ -115,13 +119,47 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
+class ProgressLine:
+    """The job's progress on a terminal: one line redrawn in place (``\\r``) when ``stream`` is a
+    TTY, else a plain line at most every ``every_s`` seconds (logs stay readable)."""
+
+    def __init__(self, stream: TextIO = sys.stderr, every_s: float = 10.0) -> None:
+        self.stream, self.every_s = stream, every_s
+        self.tty = stream.isatty()
+        self.shown_at = 0.0
+        self.drawn = False
+
+    def __call__(self, progress: Progress) -> None:
+        total = "?" if progress.rows_total is None else str(progress.rows_total)
+        text = (
+            f"{progress.rows_done}/{total} rows, {progress.images_per_s:.2f} images/s, "
+            f"{progress.errors} errors, {progress.elapsed_s:.0f} s"
+        )
+        if self.tty:
+            self.stream.write(f"\r{text}\x1b[K")
+            self.drawn = True
+        elif time.monotonic() - self.shown_at >= self.every_s or progress.rows_done == progress.rows_total:
+            self.stream.write(text + "\n")
+            self.shown_at = time.monotonic()
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
 def run(args: argparse.Namespace) -> int:
     from pipeline.batch.driver import run_job
     from pipeline.tracking.results import track_job
 
     config = job_config(args)
     with track_job(tracking_config(args), config, dataset=config.input, kind="caption") as tracker:
-        summary = run_job(config)
+        line = ProgressLine()
+        try:
+            summary = run_job(config, on_progress=line)
+        finally:
+            line.close()
         tracker.log_summary(summary, summary.figures)
     print(summary.describe())
     if tracker.run.enabled:
