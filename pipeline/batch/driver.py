@@ -34,16 +34,16 @@ from pipeline.model.loading import load_image_processor
 from .config import JobConfig
 from .lease import OutputLease
 from .output import (
+    LLMWriterStage,
     drop_error_rows,
     output_fs,
     parquet_files,
     read_run,
-    write_batch,
     written_ids,
 )
 from .progress import Progress, ProgressCallback
 from .reading import READ_CPUS, read_dataset
-from .stages import LLMStage, VisionStage, decode_batch
+from .stages import VisionStage, decode_batch
 
 logger = logging.getLogger(__name__)
 
@@ -126,10 +126,10 @@ def _init_ray() -> None:
     )
 
 
-def build_dataset(config: JobConfig, dataset: Any, image_processor: Any):
-    """The lazy Ray Dataset of the job's stages over ``dataset`` (rows of ``READ_SCHEMA``);
-    ``image_processor`` is the model's (see :func:`load_image_processor`), shipped to the decode
-    tasks."""
+def build_dataset(config: JobConfig, dataset: Any, image_processor: Any, run_id: str, figures: int = 4):
+    """The lazy Ray Dataset of the job's stages over ``dataset`` (rows of ``READ_SCHEMA``): one
+    row of counts per Parquet file the LLM actors wrote under run ``run_id``. ``image_processor``
+    is the model's (see :func:`load_image_processor`), shipped to the decode tasks."""
     import ray
 
     cluster_gpus = ray.cluster_resources().get("GPU", 0)
@@ -150,7 +150,8 @@ def build_dataset(config: JobConfig, dataset: Any, image_processor: Any):
             "pixel_dtype": pixel_dtype,
         },
     )
-    for stage, pool in ((VisionStage, config.vision), (LLMStage, config.llm)):
+    writing = {"run_id": run_id, "figures": figures}
+    for stage, pool, extra in ((VisionStage, config.vision, {}), (LLMWriterStage, config.llm, writing)):
         dataset = dataset.map_batches(
             stage,
             batch_size=pool.batch_size,
@@ -159,7 +160,7 @@ def build_dataset(config: JobConfig, dataset: Any, image_processor: Any):
             resources=pool.resources,
             num_gpus=gpus[stage.role] or None,
             num_cpus=pool.num_cpus,
-            fn_constructor_kwargs={"config": config, "num_cpus": pool.num_cpus},
+            fn_constructor_kwargs={"config": config, "num_cpus": pool.num_cpus, **extra},
         )
     return dataset
 
@@ -244,13 +245,7 @@ def _run(
     dataset = read_dataset(plan, config.storage_options, config.prompt, done)
     if config.limit is not None:
         dataset = dataset.limit(config.limit)
-    dataset = build_dataset(config, dataset, image_processor).map_batches(
-        write_batch,
-        batch_size=None,  # one file per block as the LLM stage hands it on
-        batch_format="numpy",
-        num_cpus=READ_CPUS,
-        fn_kwargs={"config": config, "run_id": summary.run_id, "figures": figures},
-    )
+    dataset = build_dataset(config, dataset, image_processor, summary.run_id, figures)
     progress = Progress(rows_total=total)
     peaks: dict[str, list[int]] = {}
     spans: dict[str, set[tuple[float, float]]] = {"vision": set(), "llm": set()}

@@ -2,7 +2,7 @@
 (resume), and rows that ended in an error taken out again (``--retry-errors``).
 
 Ray Data's ``write_parquet`` writes each block whole too, but gives the driver nothing per file:
-the writer here is a map stage instead, so each written file sends back one small row of counts
+the LLM actors write here instead, so each written file sends back one small row of counts
 (progress, metrics) while the output rows stay on the workers. Ray Data's job checkpointing
 (``CheckpointConfig``, beta) needs its own write sink at the end of the pipeline, so resume filters
 the read rows by the ids already written, inside the read tasks.
@@ -26,6 +26,7 @@ from pipeline.data.storage import resolve_storage_options
 
 from .config import JobConfig
 from .schema import OUTPUT_COLUMNS, OUTPUT_SCHEMA
+from .stages import LLMStage
 
 logger = logging.getLogger(__name__)
 
@@ -113,10 +114,23 @@ def to_table(batch: dict[str, np.ndarray], config: JobConfig) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=OUTPUT_SCHEMA)
 
 
-def write_batch(batch: dict[str, np.ndarray], config: JobConfig, run_id: str, figures: int) -> dict[str, np.ndarray]:
-    """The writer stage: one LLM-stage block in, one Parquet file out, one row of counts back.
+class LLMWriterStage(LLMStage):
+    """The LLM actor stage, writing each finished batch itself: a separate writer stage of small
+    CPU tasks was held back by Ray Data's per-operator resource budget until the end of the job
+    on small clusters, which left nothing written when a job was interrupted."""
 
-    The file's name is this run's id and a hash of its row ids, so a task Ray retries (its node
+    def __init__(self, config: JobConfig, num_cpus: float, run_id: str, figures: int) -> None:
+        super().__init__(config, num_cpus)
+        self.run_id, self.figures = run_id, figures
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return write_batch(super().__call__(batch), self.config, self.run_id, self.figures)
+
+
+def write_batch(batch: dict[str, np.ndarray], config: JobConfig, run_id: str, figures: int) -> dict[str, np.ndarray]:
+    """One finished batch in, one Parquet file out, one row of counts back.
+
+    The file's name is this run's id and a hash of its row ids, so a call Ray retries (its node
     lost after the write) rewrites the same file instead of adding a second copy of its rows.
     """
     table = to_table(batch, config)
