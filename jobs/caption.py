@@ -128,6 +128,7 @@ class ProgressLine:
         self.tty = stream.isatty()
         self.shown_at = 0.0
         self.drawn = False
+        self.pending = ""  # a line not shown yet (plain output), shown by close()
 
     def __call__(self, progress: Progress) -> None:
         total = "?" if progress.rows_total is None else str(progress.rows_total)
@@ -140,12 +141,14 @@ class ProgressLine:
             self.drawn = True
         elif time.monotonic() - self.shown_at >= self.every_s or progress.rows_done == progress.rows_total:
             self.stream.write(text + "\n")
-            self.shown_at = time.monotonic()
+            self.shown_at, self.pending = time.monotonic(), ""
+        else:
+            self.pending = text
         self.stream.flush()
 
     def close(self) -> None:
-        if self.drawn:
-            self.stream.write("\n")
+        if self.drawn or self.pending:
+            self.stream.write(f"{self.pending}\n" if self.pending else "\n")
             self.stream.flush()
 
 
