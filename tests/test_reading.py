@@ -237,3 +237,18 @@ def test_drop_error_rows_rewrites_files_whole(tmp_path: Path):
     assert drop_error_rows(fs, str(tmp_path)) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["part-a.parquet", "part-c.parquet"]
     assert pq.read_table(tmp_path / "part-a.parquet").column("id").to_pylist() == ["a"]
+
+
+def test_workers_write_only_while_their_driver_holds_the_lease(tmp_path: Path):
+    from pipeline.batch.lease import check_holder
+
+    fs = fsspec.filesystem("file")
+    with OutputLease(fs, str(tmp_path)) as lease:
+        check_holder(fs, str(tmp_path), lease.owner)  # the live holder may write
+        with pytest.raises(OutputLocked, match="no longer holds"):
+            check_holder(fs, str(tmp_path), "an earlier driver")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    held = {"owner": "killed", "host": socket.gethostname(), "pid": int(dead.stdout), "renewed": time.time(), "ttl_s": 120}
+    (tmp_path / LEASE_NAME).write_text(json.dumps(held))
+    with pytest.raises(OutputLocked):  # its driver was killed: its actors must stop writing
+        check_holder(fs, str(tmp_path), "killed")

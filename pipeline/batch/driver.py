@@ -126,10 +126,11 @@ def _init_ray() -> None:
     )
 
 
-def build_dataset(config: JobConfig, dataset: Any, image_processor: Any, run_id: str, figures: int = 4):
+def build_dataset(config: JobConfig, dataset: Any, image_processor: Any, writing: dict[str, Any]):
     """The lazy Ray Dataset of the job's stages over ``dataset`` (rows of ``READ_SCHEMA``): one
-    row of counts per Parquet file the LLM actors wrote under run ``run_id``. ``image_processor``
-    is the model's (see :func:`load_image_processor`), shipped to the decode tasks."""
+    row of counts per Parquet file the LLM actors wrote (``writing``: run_id, figures and
+    lease_owner for :class:`LLMWriterStage`). ``image_processor`` is the model's (see
+    :func:`load_image_processor`), shipped to the decode tasks."""
     import ray
 
     cluster_gpus = ray.cluster_resources().get("GPU", 0)
@@ -150,7 +151,6 @@ def build_dataset(config: JobConfig, dataset: Any, image_processor: Any, run_id:
             "pixel_dtype": pixel_dtype,
         },
     )
-    writing = {"run_id": run_id, "figures": figures}
     for stage, pool, extra in ((VisionStage, config.vision, {}), (LLMWriterStage, config.llm, writing)):
         dataset = dataset.map_batches(
             stage,
@@ -222,7 +222,7 @@ def run_job(
     fs.makedirs(root, exist_ok=True)
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     summary = JobSummary(config.output, 0, 0, 0, 0.0, 0, run_id, config.storage_options)
-    with OutputLease(fs, root):
+    with OutputLease(fs, root) as lease:
         if config.retry_errors:
             logger.info("%d rows that ended in an error will be redone", drop_error_rows(fs, root))
         # a missing model fails here, in seconds, before Ray starts or any actor loads weights
@@ -232,20 +232,21 @@ def run_job(
         total = _to_do(plan, summary.skipped, config.limit)
         logger.info("%s inputs, %d already in %s", plan.total or "?", summary.skipped, config.output)
         if total != 0:
-            _run(config, plan, done, image_processor, summary, total, figures, on_progress, start)
+            writing = {"run_id": run_id, "figures": figures, "lease_owner": lease.owner}
+            _run(config, plan, done, image_processor, writing, summary, total, on_progress, start)
     summary.wall_s = time.perf_counter() - start
     return summary
 
 
 def _run(
-    config: JobConfig, plan: InputPlan, done: Any, image_processor: Any, summary: JobSummary,
-    total: int | None, figures: int, on_progress: ProgressCallback | None, start: float,
+    config: JobConfig, plan: InputPlan, done: Any, image_processor: Any, writing: dict[str, Any],
+    summary: JobSummary, total: int | None, on_progress: ProgressCallback | None, start: float,
 ) -> None:
     """Stream the job, filling ``summary`` from each written file's counts."""
     dataset = read_dataset(plan, config.storage_options, config.prompt, done)
     if config.limit is not None:
         dataset = dataset.limit(config.limit)
-    dataset = build_dataset(config, dataset, image_processor, summary.run_id, figures)
+    dataset = build_dataset(config, dataset, image_processor, writing)
     progress = Progress(rows_total=total)
     peaks: dict[str, list[int]] = {}
     spans: dict[str, set[tuple[float, float]]] = {"vision": set(), "llm": set()}
@@ -266,7 +267,7 @@ def _run(
         for name, (accel, host) in report["peaks"].items():
             old = peaks.get(name, [0, 0])
             peaks[name] = [max(old[0], accel), max(old[1], host)]
-        for candidate in report["figures"][: max(0, figures - len(summary.figures))]:
+        for candidate in report["figures"][: max(0, writing["figures"] - len(summary.figures))]:
             summary.figures += [f for f in [_figure(candidate, config)] if f is not None]
         logger.info("%d/%s rows written", progress.rows_done, total if total is not None else "?")
     summary.images, summary.errors = progress.rows_done, progress.errors

@@ -51,13 +51,7 @@ class OutputLease:
                 "ttl_s": self.ttl_s}
 
     def read(self) -> dict[str, Any] | None:
-        try:
-            with self.fs.open(self.path, "rb") as handle:
-                return json.loads(handle.read())
-        except FileNotFoundError:
-            return None
-        except ValueError:  # a lease cut short by a crash mid-write holds nothing
-            return None
+        return read_lease(self.fs, self.path)
 
     def stale(self, lease: dict[str, Any]) -> bool:
         if time.time() - float(lease.get("renewed", 0)) > float(lease.get("ttl_s", self.ttl_s)):
@@ -98,8 +92,16 @@ class OutputLease:
         self.release()
 
     def _write(self) -> None:
-        with self.fs.open(self.path, "wb") as handle:
-            handle.write(json.dumps(self.record()).encode())
+        """Replace the lease whole (workers read it before each write: never a half-written one)."""
+        data = json.dumps(self.record()).encode()
+        if _local(self.fs):
+            temporary = f"{self.path}.{self.owner}.tmp"
+            with open(temporary, "wb") as handle:
+                handle.write(data)
+            os.replace(temporary, self.path)
+        else:
+            with self.fs.open(self.path, "wb") as handle:
+                handle.write(data)
 
     def _renew(self) -> None:
         while not self._stop.wait(self.ttl_s / 4):
@@ -116,6 +118,26 @@ class OutputLease:
             f"lease renewed {age:.0f} s ago; stale after {float(held.get('ttl_s', self.ttl_s)):.0f} s without renewal)",
             f"wait for that job to finish or write elsewhere; if you know it is gone, delete {self.path}",
         )
+
+
+def read_lease(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | None:
+    """The lease at ``path``, or None when there is none (or a crash cut it short mid-write)."""
+    try:
+        with fs.open(path, "rb") as handle:
+            return json.loads(handle.read())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def check_holder(fs: fsspec.AbstractFileSystem, root: str, owner: str) -> None:
+    """Raise :class:`OutputLocked` unless ``owner`` still holds the lease on ``root`` and, on this
+    host, its driver lives: Ray may run a killed driver's actors on for a while, and they must not
+    write rows a re-run will redo. (On another host a dead driver shows once the lease is taken
+    over or stale.)"""
+    held = read_lease(fs, f"{root}/{LEASE_NAME}") or {}
+    gone = held.get("host") == socket.gethostname() and not _alive(int(held.get("pid", -1)))
+    if held.get("owner") != owner or gone:
+        raise OutputLocked(root, "this job no longer holds the output's lease (its driver is gone)", "nothing to do")
 
 
 def _alive(pid: int) -> bool:

@@ -25,6 +25,7 @@ from fsspec.implementations.local import LocalFileSystem
 from pipeline.data.storage import resolve_storage_options
 
 from .config import JobConfig
+from .lease import check_holder
 from .schema import OUTPUT_COLUMNS, OUTPUT_SCHEMA
 from .stages import LLMStage
 
@@ -119,12 +120,15 @@ class LLMWriterStage(LLMStage):
     CPU tasks was held back by Ray Data's per-operator resource budget until the end of the job
     on small clusters, which left nothing written when a job was interrupted."""
 
-    def __init__(self, config: JobConfig, num_cpus: float, run_id: str, figures: int) -> None:
+    def __init__(self, config: JobConfig, num_cpus: float, run_id: str, figures: int, lease_owner: str) -> None:
         super().__init__(config, num_cpus)
-        self.run_id, self.figures = run_id, figures
+        self.run_id, self.figures, self.lease_owner = run_id, figures, lease_owner
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return write_batch(super().__call__(batch), self.config, self.run_id, self.figures)
+        done = super().__call__(batch)
+        # an actor outliving a killed driver must not write rows a re-run is redoing
+        check_holder(*output_fs(self.config.output, self.config.storage_options), self.lease_owner)
+        return write_batch(done, self.config, self.run_id, self.figures)
 
 
 def write_batch(batch: dict[str, np.ndarray], config: JobConfig, run_id: str, figures: int) -> dict[str, np.ndarray]:
