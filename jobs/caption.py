@@ -76,9 +76,9 @@ def add_job_arguments(parser: argparse.ArgumentParser, drop_defaults: dict | Non
     pools = parser.add_argument_group("Ray pools")
     for role in ROLES:
         add_config_arguments(pools, PoolConfig, prefix=f"{role}-", flags=POOL_FLAGS)
-    add_config_arguments(pools, JobConfig, only=("decode_batch_size", "max_padding"))
+    add_config_arguments(pools, JobConfig, only=("decode_batch_size", "decode_resources", "max_padding"))
     data = parser.add_argument_group("data")
-    add_config_arguments(data, JobConfig, only=("limit", "resume"))
+    add_config_arguments(data, JobConfig, only=("limit", "resume", "retry_errors"))
     add_config_arguments(data, DecodeLimits, flags=DECODE_FLAGS)
     add_tracking_arguments(parser)
 
@@ -93,7 +93,7 @@ def job_config(args: argparse.Namespace, **given) -> JobConfig:
         **{role: build(PoolConfig, args, prefix=f"{role}_", flags=POOL_FLAGS) for role in ROLES},
     )
     return build(
-        JobConfig, args, only=("input", "output", "prompt", "decode_batch_size", "max_padding", "limit", "resume"),
+        JobConfig, args, only=("input", "output", "prompt", "decode_batch_size", "decode_resources", "max_padding", "limit", "resume", "retry_errors"),
         **{**nested, **given},
     )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import re
 import typing
 from collections.abc import Iterable, Mapping
@@ -82,6 +83,8 @@ def _argument(hint: Any, default: Any) -> dict[str, Any]:
         return {"type": str}  # Budget.parse runs in the config, with its own message
     if base is str and optional:
         return {"type": _optional_text}
+    if typing.get_origin(base) is dict:
+        return {"type": json.loads}  # e.g. --vision-resources '{"vision_gpu": 1}'
     if typing.get_origin(base) is tuple:
         return {"type": lambda text: tuple(item.strip() for item in text.split(",") if item.strip())}
     return {"type": str}

@@ -20,29 +20,45 @@ INLINE_PARAMS = frozenset({"model", "drop", "generate", "decode"})
 
 @dataclass(frozen=True)
 class PoolConfig:
-    """One Ray actor pool: how many actors, what each holds, how many rows per call.
+    """One Ray actor pool: how many actors, what each holds, how many rows per call, where it runs.
 
     Attributes:
-        size: actors in the pool.
+        size: actors in the pool (its minimum when max_size is set).
+        max_size: autoscale the pool from size up to this many actors while work is queued (unset:
+            a fixed pool; two GPU pools with ranges can take turns instead of overlapping).
         batch_size: rows per actor call.
         num_gpus: GPUs per actor, fractions allowed so the vision and LLM pools share one GPU
             (default: 0.5 when the Ray cluster has GPUs, else 0; Ray hides GPUs from actors that
             reserve none, so "CUDA when present" needs a reservation).
         num_cpus: CPUs per actor.
+        resources: custom Ray resources each actor needs, which places the pool on the nodes that
+            declare them (``ray start --resources '{"vision_gpu": 1}'``), e.g. {"vision_gpu": 1}.
     """
 
     size: int = 1
+    max_size: int | None = None
     batch_size: int = 8
     num_gpus: float | None = None
     num_cpus: float = 0.5
+    resources: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         if self.size < 1:
             raise ValueError(f"pool size must be >= 1, got {self.size}")
+        if self.max_size is not None and self.max_size < self.size:
+            raise ValueError(f"pool max_size ({self.max_size}) must be >= size ({self.size})")
+        if self.resources is not None and not all(isinstance(v, (int, float)) and v >= 0 for v in self.resources.values()):
+            raise ValueError(f"pool resources must map names to amounts >= 0, got {self.resources!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
         if (self.num_gpus is not None and self.num_gpus < 0) or self.num_cpus < 0:
             raise ValueError("num_gpus and num_cpus must be >= 0")
+
+    def compute(self):
+        """The pool as a Ray Data ``ActorPoolStrategy`` (fixed, or autoscaling up to max_size)."""
+        import ray
+
+        return ray.data.ActorPoolStrategy(min_size=self.size, max_size=self.max_size or self.size)
 
     def gpus(self, cluster_gpus: float) -> float:
         """GPUs each actor reserves on a cluster with ``cluster_gpus`` GPUs."""
@@ -65,7 +81,11 @@ class JobConfig:
         prompt: instruction for rows whose manifest gives none.
         vision, llm: the two actor pools.
         decode_batch_size: rows per decode task.
+        decode_resources: custom Ray resources each decode task needs, to keep the CPU decoding on
+            the nodes that declare them (e.g. {"decode_cpu": 1}), apart from the GPU actors.
         resume: skip ids already in the output.
+        retry_errors: first take the rows that ended in an error out of the output, so they are
+            done again (a transient read failure need not stay an error).
         limit: process at most this many inputs (after resume filtering).
         max_padding: padding share the LLM stage accepts before it splits a batch by length.
         storage_options: passed to fsspec for the input and output (credentials, endpoints).
@@ -81,7 +101,9 @@ class JobConfig:
     vision: PoolConfig = field(default_factory=PoolConfig)
     llm: PoolConfig = field(default_factory=PoolConfig)
     decode_batch_size: int = 8
+    decode_resources: dict[str, float] | None = None
     resume: bool = True
+    retry_errors: bool = False
     limit: int | None = None
     max_padding: float = 0.1
     storage_options: dict[str, Any] | None = None

@@ -1,46 +1,57 @@
-"""The dataset job on Ray Data: list inputs -> decode -> vision pool -> LLM pool -> Parquet.
+"""The dataset job on Ray Data: read -> decode -> vision pool -> LLM pool -> write, all on the
+cluster.
 
-The driver streams finished rows and writes each batch as its own Parquet file (written to a
-temporary name and renamed on local disk; a single PUT on object stores), so an interrupted job
-leaves only whole files, and a re-run skips every id already written.
+The driver plans the input (file listings and Parquet footers, never rows:
+:mod:`pipeline.data.units`), holds the output folder's lease, and iterates one small row of counts
+per Parquet file the workers wrote (:mod:`.output`), so its memory stays flat however large the
+dataset. Each file is written whole, so an interrupted job leaves only whole files, and a re-run
+skips every id already written.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import pickle
 import tempfile
 import time
 import uuid
-from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
-import fsspec
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.data.images import decode_image
-from pipeline.data.rows import InputRow, row_bytes
-from pipeline.data.sources import list_inputs
-from pipeline.data.storage import resolve_storage_options
+from pipeline.data.rows import InputRow
+from pipeline.data.storage import read_bytes
+from pipeline.data.units import InputPlan, plan_inputs, plan_rows
 from pipeline.model.encoded import EncodedImage
 from pipeline.model.loading import load_image_processor
 
 from .config import JobConfig
+from .lease import OutputLease
+from .output import (
+    LLMWriterStage,
+    drop_error_rows,
+    output_fs,
+    parquet_files,
+    read_run,
+    written_ids,
+)
 from .progress import Progress, ProgressCallback
-from .schema import OUTPUT_COLUMNS, OUTPUT_SCHEMA
-from .stages import LLMStage, VisionStage, decode_batch
+from .reading import READ_CPUS, read_dataset
+from .stages import VisionStage, decode_batch
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class JobSummary:
-    """What a finished job reports. ``table`` holds this run's rows (not earlier runs')."""
+    """What a finished job reports. ``table`` holds this run's rows (not earlier runs'), read
+    back from the files this run wrote when first asked for."""
 
     output: str
     images: int
@@ -48,12 +59,17 @@ class JobSummary:
     errors: int
     wall_s: float
     generated_tokens: int
-    table: pa.Table
+    run_id: str = ""
+    storage_options: dict[str, Any] | None = None
     actor_stats: list[dict[str, Any]] = field(default_factory=list)
     # wall-clock (start, end) of every actor call, per role: how much the two pools overlapped
     spans: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     # a few (decoded image, kept-patch indices, id) for the kept-patch figures
     figures: list[tuple[Any, EncodedImage, str]] = field(default_factory=list)
+
+    @cached_property
+    def table(self) -> pa.Table:
+        return read_run(self.output, self.storage_options, self.run_id)
 
     @property
     def images_per_s(self) -> float:
@@ -95,59 +111,6 @@ def _length(spans: list[tuple[float, float]]) -> float:
     return sum(end - start for start, end in spans)
 
 
-def _output_fs(config: JobConfig) -> tuple[fsspec.AbstractFileSystem, str]:
-    fs, path = fsspec.core.url_to_fs(config.output, **resolve_storage_options(config.output, config.storage_options))
-    return fs, path.rstrip("/")
-
-
-def written_ids(fs: fsspec.AbstractFileSystem, root: str) -> set[str]:
-    """Ids in the Parquet files already under ``root``; unreadable files are reported and ignored."""
-    if not fs.exists(root):
-        return set()
-    ids: set[str] = set()
-    for path in sorted(fs.glob(f"{root}/*.parquet")):
-        try:
-            with fs.open(path, "rb") as handle:
-                ids.update(pq.read_table(handle, columns=["id"]).column("id").to_pylist())
-        except Exception as error:  # a foreign or damaged file: its rows will be redone
-            logger.warning("ignoring unreadable output file %s: %s", path, error)
-    return ids
-
-
-def write_part(fs: fsspec.AbstractFileSystem, root: str, name: str, table: pa.Table) -> str:
-    """Write one Parquet file so that readers never see it half-written."""
-    final = f"{root}/{name}"
-    if isinstance(fs, LocalFileSystem):
-        temporary = f"{root}/.{name}.tmp"
-        with fs.open(temporary, "wb") as handle:
-            pq.write_table(table, handle)
-        fs.mv(temporary, final)
-    else:
-        with fs.open(final, "wb") as handle:
-            pq.write_table(table, handle)
-    return final
-
-
-def _to_table(batch: dict[str, np.ndarray], config: JobConfig) -> pa.Table:
-    """The output columns of a finished batch, typed by :data:`OUTPUT_SCHEMA`."""
-    count = len(batch["id"])
-    height_width = np.asarray([np.asarray(s) for s in batch["image_size"]]).reshape(count, 2)
-    columns: dict[str, Any] = {
-        "method": [config.drop.method] * count,
-        "budget": [None if config.drop.budget is None else str(config.drop.budget)] * count,
-        "image_height": height_width[:, 0],
-        "image_width": height_width[:, 1],
-        "partition_budgets": [np.asarray(b, dtype=np.int32).tolist() for b in batch["partition_budgets"]],
-    }
-    arrays = []
-    for name in OUTPUT_COLUMNS:
-        values = columns[name] if name in columns else batch[name]
-        if isinstance(values, np.ndarray) and values.dtype == object:
-            values = [None if v is None or (isinstance(v, float) and np.isnan(v)) else v for v in values]
-        arrays.append(pa.array(values, type=OUTPUT_SCHEMA.field(name).type, from_pandas=True))
-    return pa.Table.from_arrays(arrays, schema=OUTPUT_SCHEMA)
-
-
 def _init_ray() -> None:
     import ray
 
@@ -163,22 +126,11 @@ def _init_ray() -> None:
     )
 
 
-def _rows_for_ray(rows: list[InputRow], default_prompt: str) -> list[dict[str, Any]]:
-    items = []
-    for row in rows:
-        item = {"id": row.id, "path": row.path, "prompt": row.prompt or row.question or default_prompt}
-        if row.image_bytes is not None:
-            item["image_bytes"] = row.image_bytes
-        items.append(item)
-    if any("image_bytes" in item for item in items):
-        for item in items:
-            item.setdefault("image_bytes", None)
-    return items
-
-
-def build_dataset(config: JobConfig, rows: list[InputRow], image_processor: Any):
-    """The lazy Ray Dataset of the job's stages over ``rows``; ``image_processor`` is the model's
-    (see :func:`load_image_processor`), shipped to the decode tasks."""
+def build_dataset(config: JobConfig, dataset: Any, image_processor: Any, writing: dict[str, Any]):
+    """The lazy Ray Dataset of the job's stages over ``dataset`` (rows of ``READ_SCHEMA``): one
+    row of counts per Parquet file the LLM actors wrote (``writing``: run_id, figures and
+    lease_owner for :class:`LLMWriterStage`). ``image_processor`` is the model's (see
+    :func:`load_image_processor`), shipped to the decode tasks."""
     import ray
 
     cluster_gpus = ray.cluster_resources().get("GPU", 0)
@@ -186,13 +138,12 @@ def build_dataset(config: JobConfig, rows: list[InputRow], image_processor: Any)
     # pixels go to the tower in its dtype: half precision on GPUs, fp32 on CPUs
     on_gpu = gpus["vision"] > 0 or config.model.device.startswith("cuda")
     pixel_dtype = "float16" if on_gpu else "float32"
-    blocks = max(1, min(len(rows) // config.decode_batch_size, 2000))
-    dataset = ray.data.from_items(_rows_for_ray(rows, config.prompt), override_num_blocks=blocks)
     dataset = dataset.map_batches(
         decode_batch,
         batch_size=config.decode_batch_size,
         batch_format="numpy",
         num_cpus=1,  # distinct from the actors' resources, so Ray keeps the stages apart
+        resources=config.decode_resources,
         fn_kwargs={
             "image_processor": image_processor,
             "limits": config.decode,
@@ -200,40 +151,51 @@ def build_dataset(config: JobConfig, rows: list[InputRow], image_processor: Any)
             "pixel_dtype": pixel_dtype,
         },
     )
-    for stage, pool in ((VisionStage, config.vision), (LLMStage, config.llm)):
+    for stage, pool, extra in ((VisionStage, config.vision, {}), (LLMWriterStage, config.llm, writing)):
         dataset = dataset.map_batches(
             stage,
             batch_size=pool.batch_size,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=pool.size),
+            compute=pool.compute(),
+            resources=pool.resources,
             num_gpus=gpus[stage.role] or None,
             num_cpus=pool.num_cpus,
-            fn_constructor_kwargs={"config": config, "num_cpus": pool.num_cpus},
+            fn_constructor_kwargs={"config": config, "num_cpus": pool.num_cpus, **extra},
         )
     return dataset
 
 
-def _figure_inputs(
-    batch: dict[str, np.ndarray], rows: dict[str, InputRow], config: JobConfig, wanted: int
-) -> list[tuple[Any, EncodedImage, str]]:
-    """Up to ``wanted`` successful rows of ``batch`` as (image, kept indices, id); the image is
-    read again here because pixels never travel to the driver."""
-    out = []
-    for i, row_id in enumerate(batch["id"]):
-        if len(out) >= wanted:
-            break
-        if isinstance(batch["error"][i], str) and batch["error"][i]:
-            continue
-        row = rows[str(row_id)]
-        encoded = EncodedImage.from_row(
-            {**{k: batch[k][i] for k in batch if k.startswith("enc_")}, "enc_features": np.zeros((0, 0))}
-        )
-        try:
-            data = row_bytes(row.path, row.image_bytes, config.storage_options)
-            out.append((decode_image(data, row.path, config.decode), encoded, str(row_id)))
-        except Exception as error:  # figures are a nicety; the job's rows are already written
-            logger.warning("no kept-patch figure for %s: %s", row_id, error)
-    return out
+
+
+def _written(config: JobConfig) -> tuple[Any, int]:
+    """A ref to the ids already in the output and their count, read by a Ray task."""
+    import ray
+
+    fs, root = output_fs(config.output, config.storage_options)
+    if not config.resume or not parquet_files(fs, root):
+        return pa.array([], pa.string()), 0
+    ids, count = ray.remote(num_cpus=READ_CPUS, num_returns=2)(written_ids).remote(config.output, config.storage_options)
+    return ids, ray.get(count)
+
+
+def _to_do(plan: InputPlan, skipped: int, limit: int | None) -> int | None:
+    """Rows this run sets out to write, when the plan knows its size."""
+    left = None if plan.total is None else max(0, plan.total - skipped)
+    if left is None:
+        return 0 if limit == 0 else None
+    return left if limit is None else min(left, limit)
+
+
+def _figure(candidate: tuple[str, str, dict[str, Any]], config: JobConfig) -> tuple[Any, EncodedImage, str] | None:
+    """(image, kept indices, id) for a kept-patch figure; the image is read again from its path
+    because pixels never travel to the driver (rows with inline bytes only have none)."""
+    row_id, path, columns = candidate
+    encoded = EncodedImage.from_row({**columns, "enc_features": np.zeros((0, 0))})
+    try:
+        return decode_image(read_bytes(path, config.storage_options), path, config.decode), encoded, row_id
+    except Exception as error:  # figures are a nicety; the job's rows are already written
+        logger.info("no kept-patch figure for %s: %s", row_id, error)
+        return None
 
 
 def run_job(
@@ -246,62 +208,71 @@ def run_job(
 
     Args:
         rows: the inputs, when the caller has listed them (evaluation builds its prompts); by
-            default ``config.input`` is listed.
+            default ``config.input`` is read on the cluster.
         figures: how many images to keep for kept-patch figures.
-        on_progress: called with the job's cumulative :class:`Progress` after each written batch.
+        on_progress: called with the job's cumulative :class:`Progress` after each written file.
+
+    Raises:
+        InputError: the input is unusable (found before any model loads).
+        OutputLocked: another job is writing ``config.output``.
     """
     start = time.perf_counter()
-    rows = list_inputs(config.input, config.storage_options) if rows is None else rows
-    fs, root = _output_fs(config)
-    done = written_ids(fs, root) if config.resume else set()
-    todo = [row for row in rows if row.id not in done]
-    skipped = len(rows) - len(todo)  # already written; rows that --limit leaves for later are not
-    if config.limit is not None:
-        todo = todo[: config.limit]
-    logger.info("%d inputs, %d already in %s, %d to do", len(rows), skipped, config.output, len(todo))
+    plan = plan_rows(config.input, rows) if rows is not None else plan_inputs(config.input, config.storage_options)
+    fs, root = output_fs(config.output, config.storage_options)
     fs.makedirs(root, exist_ok=True)
-    tables: list[pa.Table] = []
-    figure_inputs: list[tuple[Any, EncodedImage, str]] = []
-    by_id = {row.id: row for row in todo}
-    peaks: dict[str, dict[str, Any]] = defaultdict(dict)
-    spans: dict[str, set[tuple[float, float]]] = {"vision": set(), "llm": set()}
-    if todo:
+    run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    summary = JobSummary(config.output, 0, 0, 0, 0.0, 0, run_id, config.storage_options)
+    with OutputLease(fs, root) as lease:
+        if config.retry_errors:
+            logger.info("%d rows that ended in an error will be redone", drop_error_rows(fs, root))
         # a missing model fails here, in seconds, before Ray starts or any actor loads weights
         image_processor = load_image_processor(config.model.name)
         _init_ray()
-        dataset = build_dataset(config, todo, image_processor)
-        run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
-        progress = Progress(rows_total=len(todo))
-        for number, batch in enumerate(dataset.iter_batches(batch_size=None, batch_format="numpy")):
-            table = _to_table(batch, config)
-            write_part(fs, root, f"part-{run_id}-{number:05d}.parquet", table)
-            tables.append(table)
-            progress = progress.after(table, time.perf_counter() - start)
-            if on_progress is not None:
-                on_progress(progress)
-            if len(figure_inputs) < figures:
-                figure_inputs += _figure_inputs(batch, by_id, config, figures - len(figure_inputs))
-            for role in ("vision", "llm"):
-                spans[role].update(tuple(span) for span in np.asarray(batch[f"{role}_span"]).tolist())
-                for name, accel, host in zip(
-                    batch[f"{role}_actor"], batch[f"{role}_peak_accel"], batch[f"{role}_peak_host"]
-                ):
-                    stats = peaks[str(name)]
-                    stats["actor"] = str(name)
-                    stats["peak_accelerator_bytes"] = max(int(accel), stats.get("peak_accelerator_bytes", 0))
-                    stats["peak_host_bytes"] = max(int(host), stats.get("peak_host_bytes", 0))
-            logger.info("%d/%d rows written", progress.rows_done, len(todo))
-    table = pa.concat_tables(tables) if tables else OUTPUT_SCHEMA.empty_table()
-    failed = table.num_rows - table.column("error").null_count
-    return JobSummary(
-        output=config.output,
-        images=table.num_rows,
-        skipped=skipped,
-        errors=failed,
-        wall_s=time.perf_counter() - start,
-        generated_tokens=int(pc.sum(table.column("generated_tokens")).as_py() or 0),
-        table=table,
-        actor_stats=list(peaks.values()),
-        spans={role: sorted(values) for role, values in spans.items()},
-        figures=figure_inputs,
-    )
+        done, summary.skipped = _written(config)
+        total = _to_do(plan, summary.skipped, config.limit)
+        logger.info("%s inputs, %d already in %s", plan.total or "?", summary.skipped, config.output)
+        if total != 0:
+            writing = {"run_id": run_id, "figures": figures, "lease_owner": lease.owner}
+            _run(config, plan, done, image_processor, writing, summary, total, on_progress, start)
+    summary.wall_s = time.perf_counter() - start
+    return summary
+
+
+def _run(
+    config: JobConfig, plan: InputPlan, done: Any, image_processor: Any, writing: dict[str, Any],
+    summary: JobSummary, total: int | None, on_progress: ProgressCallback | None, start: float,
+) -> None:
+    """Stream the job, filling ``summary`` from each written file's counts."""
+    dataset = read_dataset(plan, config.storage_options, config.prompt, done)
+    if config.limit is not None:
+        dataset = dataset.limit(config.limit)
+    dataset = build_dataset(config, dataset, image_processor, writing)
+    progress = Progress(rows_total=total)
+    peaks: dict[str, list[int]] = {}
+    spans: dict[str, set[tuple[float, float]]] = {"vision": set(), "llm": set()}
+    for stats in dataset.iter_rows():
+        report = pickle.loads(stats["report"])
+        progress = dataclasses.replace(
+            progress,
+            rows_done=progress.rows_done + int(stats["rows"]),
+            errors=progress.errors + int(stats["errors"]),
+            generated_tokens=progress.generated_tokens + int(stats["generated_tokens"]),
+            visual_tokens=progress.visual_tokens + int(stats["visual_tokens"]),
+            elapsed_s=time.perf_counter() - start,
+        )
+        if on_progress is not None:
+            on_progress(progress)
+        for role, role_spans in report["spans"].items():
+            spans[role].update(tuple(span) for span in role_spans)
+        for name, (accel, host) in report["peaks"].items():
+            old = peaks.get(name, [0, 0])
+            peaks[name] = [max(old[0], accel), max(old[1], host)]
+        for candidate in report["figures"][: max(0, writing["figures"] - len(summary.figures))]:
+            summary.figures += [f for f in [_figure(candidate, config)] if f is not None]
+        logger.info("%d/%s rows written", progress.rows_done, total if total is not None else "?")
+    summary.images, summary.errors = progress.rows_done, progress.errors
+    summary.generated_tokens = progress.generated_tokens
+    summary.actor_stats = [
+        {"actor": name, "peak_accelerator_bytes": accel, "peak_host_bytes": host} for name, (accel, host) in peaks.items()
+    ]
+    summary.spans = {role: sorted(values) for role, values in spans.items()}

@@ -8,7 +8,7 @@ import binascii
 import json
 import logging
 import posixpath
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urljoin
 
@@ -43,9 +43,17 @@ def read_manifest(
     base: str,
     limit: int | None,
     id_root: str | None = None,
+    row_groups: Sequence[int] | None = None,
+    first_row: int = 0,
 ) -> Iterator[InputRow]:
-    """Yield rows from one manifest; ``base`` resolves relative paths, ``id_root`` shortens ids."""
-    records = _parquet_records(uri, fs, path) if kind == "parquet" else _json_records(uri, fs, path)
+    """Yield rows from one manifest; ``base`` resolves relative paths, ``id_root`` shortens ids.
+
+    ``row_groups`` (Parquet only) reads just those row groups, whose first row is row
+    ``first_row`` of the file, so that a read task can take one slice of a large manifest."""
+    if kind == "parquet":
+        records = _parquet_records(uri, fs, path, row_groups, first_row)
+    else:
+        records = _json_records(uri, fs, path)
     id_root = base if id_root is None else id_root
     is_http = locate.protocol in HTTP_PROTOCOLS
     manifest_name = basename(path)
@@ -57,29 +65,39 @@ def read_manifest(
             return
 
 
-def _parquet_records(
-    uri: str, fs: AbstractFileSystem, path: str
-) -> Iterator[tuple[str, dict[str, Any]]]:
+def parquet_columns(uri: str, names: Sequence[str]) -> list[str]:
+    """The columns of a Parquet manifest a job reads; an :class:`InputError` when it has no image
+    column (checked from the footer alone, before any row is read)."""
+    if not any(c in names for c in PATH_COLUMNS + BYTES_COLUMNS):
+        raise InputError(
+            uri,
+            f"the manifest has no image column (columns: {', '.join(names) or 'none'})",
+            f"name the column holding image paths/URLs one of {', '.join(PATH_COLUMNS)}, "
+            f"or the column holding encoded bytes one of {', '.join(BYTES_COLUMNS)}",
+        )
+    # Only read the columns we use: manifests may carry large unrelated columns.
+    return [c for c in names if c in PATH_COLUMNS + BYTES_COLUMNS + _OPTIONAL_COLUMNS]
+
+
+def open_parquet(uri: str, handle: Any) -> Any:
+    """A ``pyarrow.parquet.ParquetFile`` over an open file, or an :class:`InputError`."""
     import pyarrow.parquet as pq  # local import: pyarrow is heavy and only needed here
 
+    try:
+        return pq.ParquetFile(handle)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid/OSError variants
+        raise InputError(uri, f"cannot read the Parquet file ({exc})", "check that it is a valid Parquet file") from exc
+
+
+def _parquet_records(
+    uri: str, fs: AbstractFileSystem, path: str, row_groups: Sequence[int] | None = None, first_row: int = 0
+) -> Iterator[tuple[str, dict[str, Any]]]:
     with fs.open(path, "rb") as handle:
-        try:
-            parquet = pq.ParquetFile(handle)
-        except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid/OSError variants
-            raise InputError(uri, f"cannot read the Parquet file ({exc})", "check that it is a valid Parquet file") from exc
-        names = parquet.schema_arrow.names
-        if not any(c in names for c in PATH_COLUMNS + BYTES_COLUMNS):
-            raise InputError(
-                uri,
-                f"the manifest has no image column (columns: {', '.join(names) or 'none'})",
-                f"name the column holding image paths/URLs one of {', '.join(PATH_COLUMNS)}, "
-                f"or the column holding encoded bytes one of {', '.join(BYTES_COLUMNS)}",
-            )
-        # Only read the columns we use: manifests may carry large unrelated columns.
-        columns = [c for c in names if c in PATH_COLUMNS + BYTES_COLUMNS + _OPTIONAL_COLUMNS]
-        index = 0
+        parquet = open_parquet(uri, handle)
+        columns = parquet_columns(uri, parquet.schema_arrow.names)
+        index = first_row
         # Small batches: a row may hold a multi-MB inline image.
-        for batch in parquet.iter_batches(batch_size=256, columns=columns):
+        for batch in parquet.iter_batches(batch_size=256, columns=columns, row_groups=row_groups):
             for record in batch.to_pylist():
                 yield f"row {index}", record
                 index += 1

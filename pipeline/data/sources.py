@@ -219,27 +219,29 @@ def _list_glob(
 
 def _unique_ids(rows: list[InputRow]) -> list[InputRow]:
     """Make ids unique by suffixing repeats with ``#2``, ``#3``, ... (stable, first wins)."""
-    seen: set[str] = {row.id for row in rows}
-    if len(seen) == len(rows):
-        return rows
+    renames = repeated_id_renames([row.id for row in rows])
+    return [dataclasses.replace(row, id=renames[i]) if i in renames else row for i, row in enumerate(rows)]
+
+
+def repeated_id_renames(ids: list[str]) -> dict[int, str]:
+    """``{position: new id}`` for the repeats in ``ids``: the second ``x`` becomes ``x#2``, ...
+    (first wins; a suffix never collides with an id the input already has)."""
+    seen = set(ids)
+    if len(seen) == len(ids):
+        return {}
     used: set[str] = set()
     counts: dict[str, int] = {}
-    out: list[InputRow] = []
-    duplicates = 0
-    for row in rows:
-        rid = row.id
+    renames: dict[int, str] = {}
+    for position, rid in enumerate(ids):
         if rid in used:
-            duplicates += 1
-            n = counts.get(row.id, 1)
+            n = counts.get(rid, 1)
             while True:
                 n += 1
-                candidate = f"{row.id}#{n}"
+                candidate = f"{rid}#{n}"
                 if candidate not in used and candidate not in seen:
                     break
-            counts[row.id] = n
-            rid = candidate
-            row = dataclasses.replace(row, id=rid)
+            counts[rid] = n
+            renames[position] = rid = candidate
         used.add(rid)
-        out.append(row)
-    logger.info("disambiguated %d repeated row ids with #N suffixes", duplicates)
-    return out
+    logger.info("disambiguated %d repeated row ids with #N suffixes", len(renames))
+    return renames
