@@ -1,5 +1,5 @@
 """The testbed: a small LLaVA-NeXT trained here on synthetic scenes, so answers and accuracy can be
-real on a machine with no downloads (the shipped checkpoint is still undertrained: see RESULTS.md).
+real on a machine with no downloads (the shipped checkpoint is still undertrained: see docs/testbed.md).
 
 Owns the scene generator (:mod:`.scenes`), the questions and captions about a scene
 (:mod:`.questions`), the model's architecture, tokenizer and processor (:mod:`.architecture`), its
