@@ -32,6 +32,7 @@ from pipeline.model.loading import load_image_processor
 
 from .config import JobConfig
 from .progress import Progress, ProgressCallback
+from .resources import ClusterShape, plan_resources
 from .schema import OUTPUT_COLUMNS, OUTPUT_SCHEMA
 from .stages import LLMStage, VisionStage, decode_batch
 
@@ -181,34 +182,26 @@ def build_dataset(config: JobConfig, rows: list[InputRow], image_processor: Any)
     (see :func:`load_image_processor`), shipped to the decode tasks."""
     import ray
 
-    cluster_gpus = ray.cluster_resources().get("GPU", 0)
-    gpus = {"vision": config.vision.gpus(cluster_gpus), "llm": config.llm.gpus(cluster_gpus)}
-    # pixels go to the tower in its dtype: half precision on GPUs, fp32 on CPUs
-    on_gpu = gpus["vision"] > 0 or config.model.device.startswith("cuda")
-    pixel_dtype = "float16" if on_gpu else "float32"
+    plan = plan_resources(config, ClusterShape.from_ray())
     blocks = max(1, min(len(rows) // config.decode_batch_size, 2000))
     dataset = ray.data.from_items(_rows_for_ray(rows, config.prompt), override_num_blocks=blocks)
     dataset = dataset.map_batches(
         decode_batch,
         batch_size=config.decode_batch_size,
         batch_format="numpy",
-        num_cpus=1,  # distinct from the actors' resources, so Ray keeps the stages apart
-        fn_kwargs={
-            "image_processor": image_processor,
-            "limits": config.decode,
-            "storage_options": config.storage_options,
-            "pixel_dtype": pixel_dtype,
-        },
+        num_cpus=plan.decode_cpus,
+        fn_kwargs={"image_processor": image_processor, "limits": config.decode, "storage_options": config.storage_options},
     )
     for stage, pool in ((VisionStage, config.vision), (LLMStage, config.llm)):
+        resources = getattr(plan, stage.role)
         dataset = dataset.map_batches(
             stage,
             batch_size=pool.batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=pool.size),
-            num_gpus=gpus[stage.role] or None,
-            num_cpus=pool.num_cpus,
-            fn_constructor_kwargs={"config": config, "num_cpus": pool.num_cpus},
+            num_gpus=resources.num_gpus or None,
+            num_cpus=resources.num_cpus,
+            fn_constructor_kwargs={"config": config, "threads": resources.threads},
         )
     return dataset
 
