@@ -76,7 +76,7 @@ def load_model(
     torch_dtype = pick_dtype(target, dtype)
     builtin = parse_builtin(name)
     if builtin is not None:
-        model, processor = build_model(*builtin, seed=seed, dtype=torch_dtype)
+        model, processor = build_model(*builtin, seed=seed, dtype=torch_dtype, device=target)
         if half is not None:
             keep_half(model, half)
         return model.to(target), processor
