@@ -250,6 +250,7 @@ def main() -> None:
             raise SystemExit("(a) runs the saved bench model; pass --skip-processes with --model 7b")
         model_dir = str(save_model(work / "model", "llava-next", "bench"))
         result["a_whole_processes"] = whole_processes(args, model_dir, folders, work, dtype)
+        print(json.dumps({"a_whole_processes": result["a_whole_processes"]}), flush=True)  # in case (b) is cut short
     model, processor = load_model(f"hired/{args.model}-llava-next", device=str(device))
     images = [random_image(args.height, args.width, seed=i) for i in range(large)]
     result["b_in_process"] = in_process(args, model, processor, images)

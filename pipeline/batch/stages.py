@@ -11,7 +11,6 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -114,7 +113,7 @@ class _ModelActor:
 
     def __init__(self, config: JobConfig, threads: int) -> None:
         self.config = config
-        self.vlm = load_half(replace(config.model, torch_threads=threads), config.drop, self.half, num_cpus=threads)
+        self.vlm = load_half(config.model, config.drop, self.half, threads=threads)
         self.name = f"{self.role}-{os.getpid()}"
 
     def bookkeeping_columns(self, count: int, started: float) -> dict[str, np.ndarray]:
