@@ -15,7 +15,7 @@ images, one run.
 (b) In process, steady state (the model loaded once, one warm-up batch): this project's two
     halves (encode+drop, then generate) at 20% and 40% against processor -> ``model.generate``
     at full tokens, same batches, same dtype (the job's "auto"): images/s, time to first token
-    (from the batch's start, so the tower counts), peak memory above the loaded model, and
+    (from the batch's start, so the tower counts), peak memory (see ``PeakMemory``), and
     the tower's own time per image (the floor for any budget).
 
 Numbers depend on the machine's CPU flags and load: both are printed with the results. The
@@ -123,8 +123,10 @@ def whole_processes(args, model_dir: str, folders: dict[int, Path], work: Path, 
 
 
 class PeakMemory:
-    """Peak memory during a block, above its start: CUDA's allocator counter, else resident set
-    size sampled every 5 ms (torch's CPU allocations are invisible to tracemalloc)."""
+    """Peak memory during a block. CUDA: the allocator's peak above the block's start. CPU: the
+    process's peak resident set, model included, sampled every 5 ms (torch's CPU allocations are
+    invisible to tracemalloc, and freed memory stays cached, so "above the start" reads ~0 after
+    a warm-up)."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -136,7 +138,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.base = torch.cuda.memory_allocated(self.device)
             return self
-        self.base, self.running = _rss(), True
+        self.base, self.running = 0, True
         self.thread = threading.Thread(target=self._sample, daemon=True)
         self.thread.start()
         return self
