@@ -11,6 +11,8 @@ What is timed:
 * pipeline, processing window: from the start of the first actor call to the end of the last one.
   Actor start-up and model loading are a fixed cost per job (seconds, against hours for a real
   data set), so the ratio to the loop uses this window.
+* both sides run with the defaults a user gets: Ray's CPU count, the pools' automatic resources
+  (pipeline/batch/resources.py), dtype "auto", torch's own thread count in the loop.
 * overlap: seconds both actor pools were busy at once, over the shorter pool's busy time.
 * bytes: kept features sent from the vision to the LLM pool per image (``feature_bytes``).
 * live metrics: the pipeline runs twice, without and with live MLflow metrics (an MLflow run in
@@ -76,7 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=6)
     parser.add_argument("--size", default="bench", choices=["tiny", "bench"])
-    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=PoolConfig().batch_size)
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--live-interval-s", type=float, default=1.0, help="live metric steps in the second run")
     parser.add_argument("--json", help="also write the numbers here")
@@ -86,10 +88,8 @@ def main() -> None:
     import ray
 
     cores = os.cpu_count() or 2
-    # logical CPUs: decode tasks 1, the vision actor all cores' threads, the LLM actor half;
-    # declared so that Ray schedules all three at once on a small machine
-    ray.init(num_cpus=1 + cores + max(1, cores // 2), include_dashboard=False, log_to_driver=False,
-             _temp_dir="/tmp/hired-ray")
+    # Ray's own CPU count and the pools' default resources: what `hired caption` gets
+    ray.init(include_dashboard=False, log_to_driver=False, _temp_dir="/tmp/hired-ray")
     work = Path(tempfile.mkdtemp(prefix="hired-bench-"))
     model_dir = str(save_model(work / "model", "llava-next", args.size))
     small = work / "images"
@@ -100,12 +100,11 @@ def main() -> None:
             input=str(folder), output=str(work / output), model=ModelConfig(name=model_dir),
             drop=DropConfig(method=method, budget=budget),
             generate=GenerateOptions(max_new_tokens=args.max_new_tokens), resume=False,
-            vision=PoolConfig(batch_size=args.batch_size, num_cpus=float(cores)),
-            llm=PoolConfig(batch_size=args.batch_size, num_cpus=float(max(1, cores // 2))),
+            vision=PoolConfig(batch_size=args.batch_size),
+            llm=PoolConfig(batch_size=args.batch_size),
             decode_batch_size=args.batch_size,
         )
 
-    torch.set_num_threads(cores)
     loop_s = loop(model_dir, small, job(small, "unused"))
     pipe_n = run_job(job(small, "out-hired"))
     tracking = TrackingConfig(tracking_uri=f"sqlite:///{work / 'mlflow.db'}", experiment="bench", log_system_metrics=False)

@@ -23,6 +23,7 @@ from pipeline.batch.config import JobConfig, PoolConfig
 from pipeline.batch.driver import run_job
 from pipeline.data.images import decode_image
 from pipeline.data.synthetic import random_image
+from pipeline.model.config import ModelConfig
 from pipeline.model.generation import GenerateOptions
 from pipeline.model.vlm import HiredVLM
 from tests.conftest import REPO
@@ -69,6 +70,7 @@ def small_job(input: str, output: str, **overrides) -> JobConfig:
     values = dict(
         input=input,
         output=output,
+        model=ModelConfig(dtype="float32"),  # answers are compared with the fp32 direct API
         generate=GenerateOptions(max_new_tokens=6),
         vision=PoolConfig(batch_size=4),
         llm=PoolConfig(batch_size=4),

@@ -17,7 +17,7 @@ from pipeline.model.vlm import HiredVLM
 
 def test_saved_model_loads_with_from_pretrained_and_answers_the_same(tiny_next, tiny_next_dir):
     model, processor = tiny_next
-    loaded, loaded_processor = load_model(str(tiny_next_dir))
+    loaded, loaded_processor = load_model(str(tiny_next_dir), dtype="float32")
     assert type(loaded) is type(model)
     image = random_image(500, 800)
     options = GenerateOptions(max_new_tokens=6)
@@ -50,8 +50,8 @@ def test_unknown_builtin_lists_the_choices():
 def test_split_halves_answer_like_the_whole_model(kind):
     whole = HiredVLM(*build_model(kind, "tiny"), DropConfig(budget=0.2))
     name = f"hired/tiny-{kind}"
-    vision = HiredVLM.from_pretrained(name, DropConfig(budget=0.2), device="cpu", half="vision")
-    language = HiredVLM.from_pretrained(name, DropConfig(budget=0.2), device="cpu", half="language")
+    vision = HiredVLM.from_pretrained(name, DropConfig(budget=0.2), device="cpu", dtype="float32", half="vision")
+    language = HiredVLM.from_pretrained(name, DropConfig(budget=0.2), device="cpu", dtype="float32", half="language")
     assert vision.model.model.language_model is None and language.model.model.vision_tower is None
     images = [random_image(500, 800), random_image(700, 300, seed=1)]
     split = language.generate(vision.encode(images), ["Describe.", "What is it?"])

@@ -271,7 +271,9 @@ def server(ray_local, image_host) -> str:
 
     from pipeline.serve.app import start
 
-    args = yaml_args() | {
+    args = yaml_args()
+    args = args | {
+        "model": args["model"] | {"dtype": "float32"},  # answers are compared with the fp32 direct API
         "api_key": KEY,
         "allowed_image_hosts": [image_host],
         "max_image_bytes": 500_000,

@@ -126,6 +126,7 @@ def job_output(tiny_next):
                 ttft_s=generation.ttft_s + 0.01 * index,  # the batch shares one TTFT: spread it out
                 generate_s=generation.generate_s,
                 feature_bytes=encoded.nbytes,
+                pixel_bytes=3 * 336 * 336 * len(encoded.budgets),  # one uint8 tile per partition
             )
         )
     rows.append(
@@ -218,6 +219,7 @@ def test_job_metrics_are_computed_from_the_rows(job_output):
     assert (metrics["visual_tokens_min"], metrics["visual_tokens_max"]) == (tokens.min(), tokens.max())
     assert metrics["padding_fraction_mean"] == pytest.approx(successful(table, "padding_fraction").mean())
     assert metrics["feature_bytes_mean"] == pytest.approx(successful(table, "feature_bytes").mean())
+    assert metrics["pixel_bytes_mean"] == pytest.approx(successful(table, "pixel_bytes").mean())
     assert metrics["vision.peak_accel_mem_mb"] == 3 and metrics["llm.peak_accel_mem_mb"] == 5
     assert metrics["vision.actors"] == metrics["llm.actors"] == 1
     assert not [key for key in metrics if "-0" in key]  # no key names an actor

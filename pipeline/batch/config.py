@@ -14,6 +14,8 @@ from pipeline.model.generation import DEFAULT_PROMPT, GenerateOptions
 
 # Unset pools on a GPU cluster: one vision and one LLM actor share each GPU.
 AUTO_GPUS_PER_ACTOR = 0.5
+# Unset pools on a GPU cluster: CPUs per actor (the model work is on the accelerator).
+DEFAULT_POOL_CPUS = 0.5
 # nested configs whose fields are MLflow params at the top level (method, budget, model, ...)
 INLINE_PARAMS = frozenset({"model", "drop", "generate", "decode"})
 
@@ -30,7 +32,9 @@ class PoolConfig:
         num_gpus: GPUs per actor, fractions allowed so the vision and LLM pools share one GPU
             (default: 0.5 when the Ray cluster has GPUs, else 0; Ray hides GPUs from actors that
             reserve none, so "CUDA when present" needs a reservation).
-        num_cpus: CPUs per actor.
+        num_cpus: logical CPUs each actor reserves in Ray (default: on a GPU cluster 0.5; on a
+            CPU-only cluster a share of a node, the vision pool's the largest, with torch
+            threads to match; see pipeline/batch/resources.py).
         resources: custom Ray resources each actor needs, which places the pool on the nodes that
             declare them (``ray start --resources '{"vision_gpu": 1}'``), e.g. {"vision_gpu": 1}.
     """
@@ -39,7 +43,7 @@ class PoolConfig:
     max_size: int | None = None
     batch_size: int = 8
     num_gpus: float | None = None
-    num_cpus: float = 0.5
+    num_cpus: float | None = None
     resources: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
@@ -51,7 +55,7 @@ class PoolConfig:
             raise ValueError(f"pool resources must map names to amounts >= 0, got {self.resources!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
-        if (self.num_gpus is not None and self.num_gpus < 0) or self.num_cpus < 0:
+        if (self.num_gpus is not None and self.num_gpus < 0) or (self.num_cpus is not None and self.num_cpus < 0):
             raise ValueError("num_gpus and num_cpus must be >= 0")
 
     def compute(self):

@@ -43,6 +43,7 @@ from .output import (
 )
 from .progress import Progress, ProgressCallback
 from .reading import READ_CPUS, read_dataset
+from .resources import ClusterShape, plan_resources
 from .stages import VisionStage, decode_batch
 
 logger = logging.getLogger(__name__)
@@ -131,36 +132,27 @@ def build_dataset(config: JobConfig, dataset: Any, image_processor: Any, writing
     row of counts per Parquet file the LLM actors wrote (``writing``: run_id, figures and
     lease_owner for :class:`LLMWriterStage`). ``image_processor`` is the model's (see
     :func:`load_image_processor`), shipped to the decode tasks."""
-    import ray
 
-    cluster_gpus = ray.cluster_resources().get("GPU", 0)
-    gpus = {"vision": config.vision.gpus(cluster_gpus), "llm": config.llm.gpus(cluster_gpus)}
-    # pixels go to the tower in its dtype: half precision on GPUs, fp32 on CPUs
-    on_gpu = gpus["vision"] > 0 or config.model.device.startswith("cuda")
-    pixel_dtype = "float16" if on_gpu else "float32"
+    plan = plan_resources(config, ClusterShape.from_ray())
     dataset = dataset.map_batches(
         decode_batch,
         batch_size=config.decode_batch_size,
         batch_format="numpy",
-        num_cpus=1,  # distinct from the actors' resources, so Ray keeps the stages apart
+        num_cpus=plan.decode_cpus,
         resources=config.decode_resources,
-        fn_kwargs={
-            "image_processor": image_processor,
-            "limits": config.decode,
-            "storage_options": config.storage_options,
-            "pixel_dtype": pixel_dtype,
-        },
+        fn_kwargs={"image_processor": image_processor, "limits": config.decode, "storage_options": config.storage_options},
     )
     for stage, pool, extra in ((VisionStage, config.vision, {}), (LLMWriterStage, config.llm, writing)):
+        resources = getattr(plan, stage.role)
         dataset = dataset.map_batches(
             stage,
             batch_size=pool.batch_size,
             batch_format="numpy",
             compute=pool.compute(),
             resources=pool.resources,
-            num_gpus=gpus[stage.role] or None,
-            num_cpus=pool.num_cpus,
-            fn_constructor_kwargs={"config": config, "num_cpus": pool.num_cpus, **extra},
+            num_gpus=resources.num_gpus or None,
+            num_cpus=resources.num_cpus,
+            fn_constructor_kwargs={"config": config, "threads": resources.threads, **extra},
         )
     return dataset
 

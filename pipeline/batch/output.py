@@ -120,8 +120,8 @@ class LLMWriterStage(LLMStage):
     CPU tasks was held back by Ray Data's per-operator resource budget until the end of the job
     on small clusters, which left nothing written when a job was interrupted."""
 
-    def __init__(self, config: JobConfig, num_cpus: float, run_id: str, figures: int, lease_owner: str) -> None:
-        super().__init__(config, num_cpus)
+    def __init__(self, config: JobConfig, threads: int, run_id: str, figures: int, lease_owner: str) -> None:
+        super().__init__(config, threads)
         self.run_id, self.figures, self.lease_owner = run_id, figures, lease_owner
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -25,6 +25,7 @@ OUTPUT_SCHEMA = pa.schema(
         pa.field("vision_s", pa.float32()),  # vision tower + dropping, per-image share of its batch
         pa.field("ttft_s", pa.float32()),  # LLM batch start to first token (prefill)
         pa.field("generate_s", pa.float32()),  # whole LLM batch: prefill + decode
+        pa.field("pixel_bytes", pa.int64()),  # bytes of uint8 tiles sent from decode to the vision pool
         pa.field("feature_bytes", pa.int64()),  # bytes of kept features sent between pools
         pa.field("error", pa.string()),  # null when the row succeeded
     ]

@@ -19,6 +19,7 @@ import torch
 from pipeline.data.images import DecodeLimits, decode_image
 from pipeline.data.rows import row_bytes
 from pipeline.model.encoded import TRANSFER_DTYPES, EncodedImage
+from pipeline.model.pixels import uint8_tiles
 from pipeline.model.replica import load_half
 from pipeline.tracking.memory import peak_memory_stats
 
@@ -38,10 +39,10 @@ def decode_batch(
     image_processor: Any,
     limits: DecodeLimits,
     storage_options: dict | None,
-    pixel_dtype: str,
 ) -> dict[str, np.ndarray]:
-    """Read, decode and partition images (CPU). Adds ``pixel_values`` ``(P, 3, H, W)`` per row,
-    ``image_size`` ``(2,)`` (height, width), ``error`` and ``decode_s``."""
+    """Read, decode and partition images (CPU). Adds ``pixel_values`` ``(P, 3, H, W)`` uint8 per
+    row (normalised later, on the tower's device), ``pixel_bytes``, ``image_size`` ``(2,)``
+    (height, width), ``error`` and ``decode_s``."""
     count = len(batch["id"])
     pixels, sizes, errors, seconds = [], [], [], []
     tile = None
@@ -53,11 +54,9 @@ def decode_batch(
             if isinstance(inline, float) and np.isnan(inline):  # Arrow hands back a null as NaN
                 inline = None
             image = decode_image(row_bytes(path, inline, storage_options), source=path, limits=limits)
-            values = image_processor(images=[image], return_tensors="np")["pixel_values"][0]
-            if values.ndim == 3:  # single-partition models: one (3, H, W) tile
-                values = values[None]
+            values = uint8_tiles(image_processor, image)
             tile = values.shape[-1]
-            pixels.append(values.astype(pixel_dtype))
+            pixels.append(values)
             sizes.append(np.array([image.height, image.width], dtype=np.int32))
             errors.append(None)
         except Exception as error:  # one bad input must not stop the job
@@ -67,9 +66,10 @@ def decode_batch(
         seconds.append(time.perf_counter() - start)
     # failed rows carry an empty tile stack of the same rank, so the column stays one tensor type
     tile = tile or 1
-    empty = np.zeros((0, 3, tile, tile), dtype=pixel_dtype)
+    empty = np.zeros((0, 3, tile, tile), dtype=np.uint8)
     out = {k: v for k, v in batch.items() if k != "image_bytes"}
     out["pixel_values"] = _column([p if p is not None else empty for p in pixels])
+    out["pixel_bytes"] = np.array([p.nbytes if p is not None else 0 for p in pixels], dtype=np.int64)
     out["image_size"] = np.stack(sizes)
     out["error"] = np.array(errors, dtype=object)
     out["decode_s"] = np.array(seconds, dtype=np.float32)
@@ -111,9 +111,9 @@ class _ModelActor:
     role: str  # "vision" or "llm": names the actor and its bookkeeping columns
     half: str  # the part of the model the actor runs, for keep_half
 
-    def __init__(self, config: JobConfig, num_cpus: float) -> None:
+    def __init__(self, config: JobConfig, threads: int) -> None:
         self.config = config
-        self.vlm = load_half(config.model, config.drop, self.half, num_cpus)
+        self.vlm = load_half(config.model, config.drop, self.half, threads=threads)
         self.name = f"{self.role}-{os.getpid()}"
 
     def bookkeeping_columns(self, count: int, started: float) -> dict[str, np.ndarray]:
@@ -187,8 +187,8 @@ class LLMStage(_ModelActor):
     role = "llm"
     half = "language"
 
-    def __init__(self, config: JobConfig, num_cpus: float) -> None:
-        super().__init__(config, num_cpus)
+    def __init__(self, config: JobConfig, threads: int) -> None:
+        super().__init__(config, threads)
         self.options = config.generate
         self.prompt_lengths: dict[str, int] = {}
 

@@ -10,6 +10,8 @@ Sizes:
     tiny   a 2-layer, 32-wide CLIP tower at the real 336/14 geometry (576 patches per tile) and a
            2-layer, 64-wide Llama. For tests.
     bench  a ViT-L/14-336-shaped tower (303M) and a ~100M Llama. For benchmarks.
+    7b     the same tower and a Vicuna-7B-shaped Llama (32 layers, 4096 wide): LLaVA-NeXT-7B's
+           shapes for GPU benchmarks, built on the device (never downloaded).
 """
 
 from __future__ import annotations
@@ -60,11 +62,12 @@ class ModelSize:
 SIZES: dict[str, ModelSize] = {
     "tiny": ModelSize(32, 2, 2, 64, 64, 2, 4, 128, 1024),
     "bench": ModelSize(1024, 24, 16, 4096, 768, 12, 12, 2048, 8192),
+    "7b": ModelSize(1024, 24, 16, 4096, 4096, 32, 32, 11008, 32000),
 }
 KINDS = ("llava-next", "llava")
 # Wider random weights make the tiny model's answers depend visibly on the image, so tests that
 # compare outputs across images and code paths can fail.
-INIT_RANGE = {"tiny": 0.2, "bench": 0.02}
+INIT_RANGE = {"tiny": 0.2, "bench": 0.02, "7b": 0.02}
 
 
 def builtin_name(kind: str, size: str) -> str:
@@ -160,8 +163,15 @@ def build_processor(kind: str, tokenizer):
     )
 
 
-def build_model(kind: str = "llava-next", size: str = "tiny", seed: int = 0, dtype: torch.dtype = torch.float32):
-    """Build ``(model, processor)`` of ``kind`` ("llava-next" or "llava") and ``size``."""
+def build_model(
+    kind: str = "llava-next",
+    size: str = "tiny",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+):
+    """Build ``(model, processor)`` of ``kind`` ("llava-next" or "llava") and ``size``, its
+    weights initialised on ``device`` (a 7B model never passes through host memory)."""
     from transformers import (
         CLIPVisionConfig,
         LlamaConfig,
@@ -214,7 +224,8 @@ def build_model(kind: str = "llava-next", size: str = "tiny", seed: int = 0, dty
         config = LlavaConfig(**common)
         model_cls = LlavaForConditionalGeneration
     torch.manual_seed(seed)
-    model = model_cls(config).to(dtype).eval()
+    with torch.device(device):
+        model = model_cls(config).to(dtype).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model, build_processor(kind, tokenizer)

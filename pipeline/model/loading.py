@@ -33,8 +33,28 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
-    """``dtype`` if given; bf16 (or fp16) on GPUs, fp32 on the CPU, where half matmuls are slow."""
+# CPU flags (as /proc/cpuinfo spells them) of native bf16 matmuls. Measured on 2 cores, ViT-L
+# tower over 5 tiles: Intel AMX 7.2 s fp32 -> 2.1 s bf16; AMD EPYC with AVX512-BF16 (no AMX)
+# 25.4 s -> 10.3 s; AMD EPYC with AVX2 only 15.7 s -> 94 s (emulated bf16 is 6x slower).
+NATIVE_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU feature flags the kernel reports (empty where there is no /proc/cpuinfo)."""
+    try:
+        with open(cpuinfo) as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def pick_dtype(device: torch.device, dtype: str | None = None, flags: frozenset[str] | None = None) -> torch.dtype:
+    """``dtype`` if given; else the fastest precision the device runs natively: bf16 on GPUs
+    that support it (fp16 on older ones), bf16 on CPUs whose ``flags`` (default: this machine's)
+    include native bf16 matmuls, fp32 on other CPUs, where bf16 is emulated and slower."""
     if dtype and dtype != "auto":
         try:
             return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
@@ -42,6 +62,8 @@ def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
             raise ValueError(f"dtype must be auto, float32, float16 or bfloat16, got {dtype!r}") from None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and NATIVE_BF16_FLAGS & (cpu_flags() if flags is None else flags):
+        return torch.bfloat16
     return torch.float32
 
 
@@ -64,7 +86,7 @@ def load_model(
     name = _shipped_or(name)
     builtin = parse_builtin(name)
     if builtin is not None:
-        model, processor = build_model(*builtin, seed=seed, dtype=torch_dtype)
+        model, processor = build_model(*builtin, seed=seed, dtype=torch_dtype, device=target)
         if half is not None:
             keep_half(model, half)
         return model.to(target), processor

@@ -30,6 +30,7 @@ from hired_ops import DropConfig, VisionGeometry, encode_and_drop
 from .encoded import EncodedImage, check_transfer_dtype
 from .generation import GenerateOptions, Generation, TokenLogprob
 from .loading import load_model
+from .pixels import PixelNormaliser
 from .text_stream import TextStream, truncate_at_stop
 
 
@@ -123,6 +124,7 @@ class HiredVLM:
         # the projector lives in both halves of a split deployment (see loading.keep_half)
         self.device = next(self.projector.parameters()).device
         self.dtype = next(self.projector.parameters()).dtype
+        self.normaliser = PixelNormaliser.from_processor(processor.image_processor)
 
     @classmethod
     def from_pretrained(
@@ -149,9 +151,19 @@ class HiredVLM:
         """Vision tower + dropping: one :class:`EncodedImage` per image."""
         pixels = images if isinstance(images, dict) else self.preprocess(images)
         kept = encode_and_drop(
-            self.model, pixels["pixel_values"], pixels["image_sizes"], drop or self.drop, self.geometry
+            self.model, self.tower_input(pixels["pixel_values"]), pixels["image_sizes"], drop or self.drop, self.geometry
         )
         return [EncodedImage.from_kept(k, self.transfer_dtype) for k in kept]
+
+    def tower_input(self, pixel_values: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        """Normalised tiles on the tower's device: uint8 ``(P, 3, H, W)`` tiles (see
+        :func:`pipeline.model.pixels.uint8_tiles`) get the processor's rescale and normalise here;
+        tensors that are already floats pass unchanged."""
+        if isinstance(pixel_values, torch.Tensor):
+            if pixel_values.dtype != torch.uint8:
+                return pixel_values
+            return self.normaliser(pixel_values, self.device, self.dtype)
+        return [self.tower_input(tiles) for tiles in pixel_values]
 
     # -- language half -------------------------------------------------------------------------
 

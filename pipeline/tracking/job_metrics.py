@@ -26,6 +26,7 @@ _METRIC_COLUMNS = (
     "generate_s",
     "padding_fraction",
     "feature_bytes",
+    "pixel_bytes",
 )
 
 
@@ -52,7 +53,8 @@ def job_metrics(
         ``ttft_p50_s``, ``ttft_p95_s``; ``latency_p50_s``, ``latency_p95_s`` (per image
         ``decode_s + vision_s + generate_s``);
         ``visual_tokens_mean``, ``visual_tokens_min``, ``visual_tokens_max``;
-        ``padding_fraction_mean``, ``feature_bytes_mean``;
+        ``padding_fraction_mean``, ``feature_bytes_mean``, ``pixel_bytes_mean`` (uint8 tiles
+        from decode to the vision pool);
         per pool (``vision``, ``llm``): ``<pool>.actors``, ``<pool>.peak_host_mem_mb`` and
         ``<pool>.peak_accel_mem_mb`` (each actor's peak, summed over the pool: its footprint),
         ``<pool>.mean_host_mem_mb`` and ``<pool>.mean_accel_mem_mb`` (per actor); and
@@ -90,7 +92,7 @@ def job_metrics(
             visual_tokens_min=float(tokens.min()),
             visual_tokens_max=float(tokens.max()),
         )
-    for column in ("padding_fraction", "feature_bytes"):
+    for column in ("padding_fraction", "feature_bytes", "pixel_bytes"):
         values = column_values(ok, column)
         if values.size:
             metrics[f"{column}_mean"] = float(values.mean())
