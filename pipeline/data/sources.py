@@ -35,6 +35,18 @@ from .storage import (
 logger = logging.getLogger(__name__)
 
 
+def open_input(uri: str, storage_options: dict | None) -> tuple[AbstractFileSystem, str, Locator, bool]:
+    """``(fs, stripped path, locator, is_http)`` of a user's input, with fresh listings."""
+    if not isinstance(uri, str) or not uri.strip():
+        raise InputError(str(uri), "the input is empty", "pass a path or URL such as s3://bucket/images/")
+    fs, stripped, protocol = filesystem(uri, storage_options)
+    is_http = protocol in HTTP_PROTOCOLS
+    if not is_http:
+        # instances are reused across calls: a cached listing of an earlier call would hide new objects
+        fs.invalidate_cache()
+    return fs, stripped, Locator(fs, protocol, uri), is_http
+
+
 def list_inputs(
     uri: str, storage_options: dict | None = None, limit: int | None = None
 ) -> list[InputRow]:
@@ -71,16 +83,7 @@ def list_inputs(
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise InputError(uri, f"limit must be a positive integer or None, got {limit!r}")
-    if not isinstance(uri, str) or not uri.strip():
-        raise InputError(str(uri), "the input is empty", "pass a path or URL such as s3://bucket/images/")
-
-    fs, stripped, protocol = filesystem(uri, storage_options)
-    locate = Locator(fs, protocol, uri)
-    is_http = protocol in HTTP_PROTOCOLS
-    if not is_http:
-        # Instances are reused across calls; don't let a cached listing from an
-        # earlier call hide newly uploaded objects.
-        fs.invalidate_cache()
+    fs, stripped, locate, is_http = open_input(uri, storage_options)
 
     if not is_http and any(ch in stripped for ch in GLOB_CHARS) and not fs.exists(stripped):
         # (A path that exists literally, e.g. "/photos [2020]/", is not a pattern.)

@@ -19,10 +19,9 @@ from fsspec.spec import AbstractFileSystem
 from .manifests import PATH_COLUMNS, open_parquet, parquet_columns, read_manifest
 from .rows import InputError, InputRow
 from .shards import expand_braces, has_braces, is_shard_path, read_shard
-from .sources import list_inputs, repeated_id_renames
+from .sources import list_inputs, open_input, repeated_id_renames
 from .storage import (
     GLOB_CHARS,
-    HTTP_PROTOCOLS,
     Locator,
     filesystem,
     is_hidden,
@@ -90,13 +89,7 @@ def plan_inputs(uri: str, storage_options: dict | None = None) -> InputPlan:
         InputError: what :func:`list_inputs` raises for a bad input, a manifest without an image
             column or rows, and a missing shard.
     """
-    if not isinstance(uri, str) or not uri.strip():
-        raise InputError(str(uri), "the input is empty", "pass a path or URL such as s3://bucket/images/")
-    fs, stripped, protocol = filesystem(uri, storage_options)
-    locate = Locator(fs, protocol, uri)
-    is_http = protocol in HTTP_PROTOCOLS
-    if not is_http:
-        fs.invalidate_cache()  # cached listings from an earlier call would hide new objects
+    fs, stripped, locate, is_http = open_input(uri, storage_options)
     if not is_http and has_braces(stripped) and not fs.exists(stripped):
         files = expand_braces(stripped)
         missing = [f for f in files if not fs.exists(f)]

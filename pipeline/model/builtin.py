@@ -104,8 +104,9 @@ def _corpus(seed: int, lines: int = 3000) -> list[str]:
     return out
 
 
-def build_tokenizer(vocab_size: int, seed: int = 0):
-    """A byte-level BPE tokenizer trained offline, as a ``PreTrainedTokenizerFast``."""
+def build_tokenizer(vocab_size: int, seed: int = 0, corpus: list[str] | None = None):
+    """A byte-level BPE tokenizer trained offline on ``corpus`` (default: the built-in models'
+    synthetic text of ``seed``), as a ``PreTrainedTokenizerFast``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -118,7 +119,7 @@ def build_tokenizer(vocab_size: int, seed: int = 0):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    core.train_from_iterator(_corpus(seed), trainer=trainer)
+    core.train_from_iterator(_corpus(seed) if corpus is None else corpus, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core,
         unk_token="<unk>",
@@ -163,37 +164,30 @@ def build_processor(kind: str, tokenizer):
     )
 
 
-def build_model(
-    kind: str = "llava-next",
-    size: str = "tiny",
-    seed: int = 0,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
+def llava_config(
+    kind: str,
+    dims: ModelSize,
+    tokenizer,
+    *,
+    tile: int = TILE,
+    patch: int = PATCH,
+    pinpoints: list[list[int]] = PINPOINTS,
+    max_positions: int = 4096,
+    init_range: float = 0.02,
+    tie_embeddings: bool = False,
 ):
-    """Build ``(model, processor)`` of ``kind`` ("llava-next" or "llava") and ``size``, its
-    weights initialised on ``device`` (a 7B model never passes through host memory)."""
-    from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaNextConfig,
-        LlavaNextForConditionalGeneration,
-    )
+    """The transformers config of a LLaVA-NeXT (anyres grid ``pinpoints``) or LLaVA-1.5 model of
+    ``dims``: a CLIP tower of ``tile``-pixel tiles and ``patch``-pixel patches, features from its
+    second-to-last layer with CLS dropped ("default"), and a Llama sized for ``tokenizer``."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaNextConfig
 
-    if kind not in KINDS:
-        raise ValueError(f"unknown model kind {kind!r}: choose one of {KINDS}")
-    if size not in SIZES:
-        raise ValueError(f"unknown model size {size!r}: choose one of {tuple(SIZES)}")
-    dims = SIZES[size]
-    tokenizer = build_tokenizer(dims.vocab_size, seed)
     vision = CLIPVisionConfig(
         hidden_size=dims.vision_hidden,
         intermediate_size=dims.vision_intermediate,
         num_hidden_layers=dims.vision_layers,
         num_attention_heads=dims.vision_heads,
-        image_size=TILE,
-        patch_size=PATCH,
+        image_size=tile,
+        patch_size=patch,
         projection_dim=dims.vision_hidden,
         hidden_act="quick_gelu",
     )
@@ -204,8 +198,9 @@ def build_model(
         num_hidden_layers=dims.text_layers,
         num_attention_heads=dims.text_heads,
         num_key_value_heads=dims.text_heads,
-        max_position_embeddings=4096,
-        initializer_range=INIT_RANGE[size],
+        max_position_embeddings=max_positions,
+        initializer_range=init_range,
+        tie_word_embeddings=tie_embeddings,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -216,13 +211,35 @@ def build_model(
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         vision_feature_layer=-2,
         vision_feature_select_strategy="default",
+        tie_word_embeddings=tie_embeddings,
     )
     if kind == "llava-next":
-        config = LlavaNextConfig(image_grid_pinpoints=PINPOINTS, **common)
-        model_cls = LlavaNextForConditionalGeneration
-    else:
-        config = LlavaConfig(**common)
-        model_cls = LlavaForConditionalGeneration
+        return LlavaNextConfig(image_grid_pinpoints=pinpoints, **common)
+    return LlavaConfig(**common)
+
+
+def build_model(
+    kind: str = "llava-next",
+    size: str = "tiny",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+):
+    """Build ``(model, processor)`` of ``kind`` ("llava-next" or "llava") and ``size``, its
+    weights initialised on ``device`` (a 7B model never passes through host memory)."""
+    from transformers import (
+        LlavaForConditionalGeneration,
+        LlavaNextForConditionalGeneration,
+    )
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown model kind {kind!r}: choose one of {KINDS}")
+    if size not in SIZES:
+        raise ValueError(f"unknown model size {size!r}: choose one of {tuple(SIZES)}")
+    dims = SIZES[size]
+    tokenizer = build_tokenizer(dims.vocab_size, seed)
+    config = llava_config(kind, dims, tokenizer, init_range=INIT_RANGE[size])
+    model_cls = LlavaNextForConditionalGeneration if kind == "llava-next" else LlavaForConditionalGeneration
     torch.manual_seed(seed)
     with torch.device(device):
         model = model_cls(config).to(dtype).eval()

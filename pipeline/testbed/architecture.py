@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.model.builtin import CHAT_TEMPLATE, SPECIAL_TOKENS
+from pipeline.model.builtin import CHAT_TEMPLATE, ModelSize, llava_config
+from pipeline.model.builtin import build_tokenizer as build_bpe_tokenizer
 
 from . import questions as q
 from .scenes import GRIDS, TILE, make_scene
@@ -27,8 +28,8 @@ PINPOINTS = [[rows * TILE, cols * TILE] for rows, cols in GRIDS]
 
 
 @dataclass(frozen=True)
-class TestbedArchitecture:
-    """Dimensions of the testbed model. Validated at construction."""
+class TestbedArchitecture(ModelSize):
+    """Dimensions of the testbed model (a :class:`ModelSize` with the testbed's defaults)."""
 
     vision_hidden: int = 128
     vision_layers: int = 4
@@ -39,12 +40,6 @@ class TestbedArchitecture:
     text_heads: int = 4
     text_intermediate: int = 512
     vocab_size: int = 400
-
-    def __post_init__(self) -> None:
-        if self.vision_hidden % self.vision_heads or self.text_hidden % self.text_heads:
-            raise ValueError("hidden sizes must be multiples of the head counts")
-        if self.vision_layers < 2:
-            raise ValueError("the vision tower needs >= 2 layers: LLaVA takes hidden_states[-2]")
 
 
 def tokenizer_corpus(seed: int, scenes: int = 400) -> list[str]:
@@ -64,29 +59,7 @@ def tokenizer_corpus(seed: int, scenes: int = 400) -> list[str]:
 
 def build_tokenizer(arch: TestbedArchitecture, seed: int):
     """A byte-level BPE ``PreTrainedTokenizerFast`` trained on :func:`tokenizer_corpus`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    core = Tokenizer(models.BPE(unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=arch.vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    core.train_from_iterator(tokenizer_corpus(seed), trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        extra_special_tokens={"image_token": "<image>"},
-    )
-    tokenizer.padding_side = "left"
-    return tokenizer
+    return build_bpe_tokenizer(arch.vocab_size, corpus=tokenizer_corpus(seed))
 
 
 def build_processor(tokenizer):
@@ -116,44 +89,11 @@ def build_processor(tokenizer):
 
 def build_model(arch: TestbedArchitecture, tokenizer, seed: int):
     """A randomly initialised ``LlavaNextForConditionalGeneration`` of ``arch`` (fp32, train mode)."""
-    from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaNextConfig,
-        LlavaNextForConditionalGeneration,
-    )
+    from transformers import LlavaNextForConditionalGeneration
 
-    vision = CLIPVisionConfig(
-        hidden_size=arch.vision_hidden,
-        intermediate_size=arch.vision_intermediate,
-        num_hidden_layers=arch.vision_layers,
-        num_attention_heads=arch.vision_heads,
-        image_size=TILE,
-        patch_size=PATCH,
-        projection_dim=arch.vision_hidden,
-        hidden_act="quick_gelu",
-    )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=arch.text_hidden,
-        intermediate_size=arch.text_intermediate,
-        num_hidden_layers=arch.text_layers,
-        num_attention_heads=arch.text_heads,
-        num_key_value_heads=arch.text_heads,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    config = LlavaNextConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        image_grid_pinpoints=PINPOINTS,
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-        tie_word_embeddings=True,
+    config = llava_config(
+        "llava-next", arch, tokenizer, tile=TILE, patch=PATCH, pinpoints=PINPOINTS, max_positions=1024,
+        tie_embeddings=True,
     )
     torch.manual_seed(seed)
     model = LlavaNextForConditionalGeneration(config)

@@ -34,6 +34,17 @@ def mixed_datasets_warning(rows: Sequence[dict[str, Any]]) -> str | None:
     return f"WARNING: runs over {len(keys)} datasets, not comparable: {', '.join(keys)}"
 
 
+def _finish(fig, axis, rows: list[dict[str, Any]], xlabel: str, metric: str, title: str):
+    """Reference lines, labels, grid, legend and title shared by both plots; returns ``fig``."""
+    _references(axis, rows)
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(metric)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    _title(fig, title, rows)
+    return fig
+
+
 def _references(axis, rows: Sequence[dict[str, Any]]) -> None:
     """Dashed line at the full-token accuracy, dotted line at chance (when known)."""
     full = [row["accuracy"] for row in rows if row["method"] == FULL_METHOD and row["accuracy"] is not None]
@@ -72,13 +83,7 @@ def accuracy_vs_tokens(rows: Sequence[dict[str, Any]], metric: str) -> Figure:
         full = {"marker": "*", "markersize": 12, "linestyle": "none", "color": "black"}
         style = full if method == FULL_METHOD else {"marker": "o"}
         axis.plot(xs, ys, label=method, **style)
-    _references(axis, rows)
-    axis.set_xlabel("visual tokens kept per image (mean)")
-    axis.set_ylabel(metric)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    _title(fig, "Accuracy vs visual tokens kept", rows)
-    return fig
+    return _finish(fig, axis, rows, "visual tokens kept per image (mean)", metric, "Accuracy vs visual tokens kept")
 
 
 def pareto(points: Sequence[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
@@ -110,10 +115,4 @@ def accuracy_vs_throughput(rows: Sequence[dict[str, Any]], metric: str) -> Figur
             axis.plot([p[0] for p in others], [p[1] for p in others], "o", color=line.get_color(), alpha=0.35)
         for x, y, label in points:
             axis.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=line.get_color())
-    _references(axis, rows)
-    axis.set_xlabel("images / s")
-    axis.set_ylabel(metric)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    _title(fig, "Accuracy vs throughput: each method's frontier", rows)
-    return fig
+    return _finish(fig, axis, rows, "images / s", metric, "Accuracy vs throughput: each method's frontier")
