@@ -174,8 +174,9 @@ def test_killed_job_resumes_each_row_once(tmp_path):
     """A real interruption: the CLI is killed after its first Parquet file lands."""
     folder = tmp_path / "images"
     folder.mkdir()
-    for i in range(24):
-        random_image(300 + 20 * i, 500, seed=i).save(folder / f"img_{i:02d}.png")
+    rows = 60  # enough that a fast machine is still mid-job when the first file lands
+    for i in range(rows):
+        random_image(300 + 5 * i, 500, seed=i).save(folder / f"img_{i:02d}.png")
     out = tmp_path / "out"
     command = [
         sys.executable, "-m", "jobs.cli", "caption", str(folder), "--output", str(out),
@@ -187,17 +188,17 @@ def test_killed_job_resumes_each_row_once(tmp_path):
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
     while time.time() < deadline and not list(out.glob("*.parquet")) and process.poll() is None:
-        time.sleep(0.2)
+        time.sleep(0.05)
     assert process.poll() is None, "the job ended before it could be interrupted"
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     time.sleep(3)  # a write already past the lease check when the driver died may still land
     partial = read_output(str(out))
-    assert 0 < len(partial) < 24, "the job must be interrupted part-way for this test to mean anything"
+    assert 0 < len(partial) < rows, "the job must be interrupted part-way for this test to mean anything"
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     ids = [r["id"] for r in read_output(str(out))]
-    assert len(ids) == 24 and len(set(ids)) == 24
+    assert len(ids) == rows and len(set(ids)) == rows
     assert f"{len(partial)} already done" in result.stdout
 
 

@@ -175,6 +175,7 @@ def server(ray_local) -> str:
     from pipeline.serve.app import start
 
     config = ServeConfig.from_dict({
+        "model": {"dtype": "float32"},  # answers are compared with the fp32 model run in process
         "max_tokens_limit": LONG_LIMIT,
         "max_images_per_request": 2,
         "max_batch_size": 8,

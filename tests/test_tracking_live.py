@@ -335,7 +335,10 @@ def test_caption_runs_share_keys_step_live_and_record_their_data(mlflow_server, 
     assert set(runs) == {"caption · hired 20% · tiny-llava-next", "two-actors"}
     one, two = runs["caption · hired 20% · tiny-llava-next"], runs["two-actors"]
     assert two.data.params["vision.size"] == "2" and one.data.params["vision.size"] == "1"
-    assert set(one.data.metrics) == set(two.data.metrics)  # system metrics included
+    # system metrics are sampled every MLflow sampling interval (10 s), so a job shorter than that
+    # may have none: the job's own keys are what must line up
+    job_keys = [{key for key in run.data.metrics if not key.startswith("system/")} for run in (one, two)]
+    assert job_keys[0] == job_keys[1]
     assert {"vision.peak_host_mem_mb", "llm.peak_host_mem_mb", "vision.actors", "llm.actors"} <= set(one.data.metrics)
     assert not [key for key in one.data.metrics if re.search(r"(vision|llm)-\d", key)]  # no key names an actor
 

@@ -63,14 +63,14 @@ def live_metrics(progress: ProgressLike) -> dict[str, float]:
 class LiveMetrics:
     """A throttled, background logger of a job's progress to its run; use as a context manager
     around the job and pass the object as ``on_progress``. With ``interval_s == 0`` or a
-    disabled run it logs nothing. On exit the last report not yet logged is logged."""
+    disabled run it logs nothing. Every report becomes a step (the chart shows each batch), sent
+    together with the others of its interval in one request; on exit the rest is sent."""
 
     def __init__(self, run: JobRun, interval_s: float) -> None:
         self.run = run
         self.interval_s = interval_s
         self.steps_logged = 0
-        self._latest: ProgressLike | None = None
-        self._sent: ProgressLike | None = None
+        self._pending: list[ProgressLike] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -81,9 +81,10 @@ class LiveMetrics:
         return self.run.enabled and self.interval_s > 0
 
     def __call__(self, progress: ProgressLike) -> None:
-        """Keep the latest report; the driver's thread does nothing else here."""
-        with self._lock:
-            self._latest = progress
+        """Queue the report; the driver's thread does nothing else here."""
+        if self.active:
+            with self._lock:
+                self._pending.append(progress)
 
     def __enter__(self) -> LiveMetrics:
         if self.active:
@@ -105,18 +106,17 @@ class LiveMetrics:
 
     def _flush(self) -> None:
         with self._lock:
-            progress = self._latest
-        if progress is None or progress is self._sent:
+            reports, self._pending = self._pending, []
+        if not reports:
             return
         try:
-            self.run.log_metrics(live_metrics(progress), step=progress.rows_done)
+            self.run.log_steps([(live_metrics(p), p.rows_done) for p in reports])
         except Exception as error:  # the job's rows matter more than its live curve
             if not self._failed:
                 logger.warning("live metrics not logged (the job goes on): %s", error)
             self._failed = True
             return
-        self._sent = progress
-        self.steps_logged += 1
+        self.steps_logged += len(reports)
 
 
 def duration(seconds: float) -> str:

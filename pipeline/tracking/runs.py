@@ -171,13 +171,17 @@ class JobRun:
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         """Log metrics at one timestamp and step."""
+        self.log_steps([(metrics, step)])
+
+    def log_steps(self, steps: Sequence[tuple[Mapping[str, float], int]]) -> None:
+        """Log several steps' metrics in as few requests as MLflow's batch limit allows."""
         if self.client is None:
             return
         from mlflow.entities import Metric
         from mlflow.utils.validation import MAX_METRICS_PER_BATCH
 
         now = int(time.time() * 1000)
-        entries = [Metric(key, float(value), now, step) for key, value in metrics.items()]
+        entries = [Metric(key, float(value), now, step) for metrics, step in steps for key, value in metrics.items()]
         for start in range(0, len(entries), MAX_METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=entries[start : start + MAX_METRICS_PER_BATCH])
 
