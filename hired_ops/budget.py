@@ -73,6 +73,11 @@ class Budget:
     def __str__(self) -> str:
         return str(self.tokens) if self.tokens is not None else f"{self.fraction:g}"
 
+    @property
+    def label(self) -> str:
+        """As people read it: ``20%`` or ``576 tokens``."""
+        return f"{self.tokens} tokens" if self.tokens is not None else f"{self.fraction * 100:g}%"
+
 
 def largest_remainder(total: int, weights: torch.Tensor) -> torch.Tensor:
     """Integer shares of ``total`` proportional to ``weights`` ``(n,)``, summing to ``total``.

@@ -113,7 +113,7 @@ class _ModelActor:
 
     def __init__(self, config: JobConfig, threads: int) -> None:
         self.config = config
-        self.vlm = load_half(config.model, config.drop, self.half, threads=threads)
+        self.vlm = load_half(config.model, config.drop, self.half, threads)
         self.name = f"{self.role}-{os.getpid()}"
 
     def bookkeeping_columns(self, count: int, started: float) -> dict[str, np.ndarray]:

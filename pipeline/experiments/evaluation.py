@@ -57,8 +57,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.batch.config import JobConfig
+from pipeline.batch.output import output_fs
 from pipeline.batch.progress import ProgressCallback
-from pipeline.data.storage import filesystem, is_image_path, resolve_storage_options
+from pipeline.data.storage import filesystem, is_image_path
 from pipeline.tracking.datasets import InputDataset, describe_input, log_input
 from pipeline.tracking.live import both, sweep_label
 from pipeline.tracking.naming import run_name
@@ -293,8 +294,7 @@ def _run_setting(
     from pipeline.batch.driver import run_job
 
     job = config.setting_job(setting)
-    fs, root = fsspec.core.url_to_fs(job.output, **resolve_storage_options(job.output, job.storage_options))
-    root = root.rstrip("/")
+    fs, root = output_fs(job.output, job.storage_options)
     _check_setting_folder(fs, root, _fingerprint(job, labelled), job.resume)
     # the user's --run-name names the sweep's parent run; each child is named after its setting
     child_tracking = dataclasses.replace(tracking, run_name=None)

@@ -69,9 +69,7 @@ class Setting:
         method = _METHOD_LABELS.get(self.method, self.method)  # "hired+divprune" reads as itself
         if self.budget is None:
             return method
-        budget = Budget.parse(self.budget)
-        amount = f"{budget.fraction * 100:g}%" if budget.fraction is not None else f"{budget.tokens} tokens"
-        return f"{method} {amount}"
+        return f"{method} {Budget.parse(self.budget).label}"
 
 
 def csv_text(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -18,20 +18,18 @@ def torch_threads(model: ModelConfig, num_cpus: float) -> int:
     return model.torch_threads or max(1, round(num_cpus))
 
 
-def load_half(
-    model: ModelConfig, drop: DropConfig, half: str, num_cpus: float = 1.0, threads: int | None = None
-) -> HiredVLM:
-    """Load ``half`` ("vision" or "language") of ``model`` for a process holding ``num_cpus``
-    CPUs, ready to encode or generate with ``drop`` as its default.
+def load_half(model: ModelConfig, drop: DropConfig, half: str, threads: int) -> HiredVLM:
+    """Load ``half`` ("vision" or "language") of ``model`` on ``threads`` torch threads, ready to
+    encode or generate with ``drop`` as its default.
 
-    Ray sets OMP threads from ``num_cpus`` (at least one) and reuses worker processes, so the
-    thread count is set here explicitly: ``threads`` when the caller planned it (a job's pools,
-    see pipeline/batch/resources.py), else :func:`torch_threads`. Device "auto" finds the GPU Ray
-    gave the process, if any (Ray hides GPUs from processes that reserved none).
+    Ray sets OMP threads from a process's CPUs (at least one) and reuses worker processes, so the
+    thread count is set here explicitly: a job's pools plan it (pipeline/batch/resources.py), a
+    Serve replica takes :func:`torch_threads`. Device "auto" finds the GPU Ray gave the process,
+    if any (Ray hides GPUs from processes that reserved none).
     """
     if half not in HALVES:
         raise ValueError(f"half must be one of {HALVES}, got {half!r}")
-    torch.set_num_threads(threads or torch_threads(model, num_cpus))
+    torch.set_num_threads(threads)
     return HiredVLM.from_pretrained(
         model.name, drop=drop, device=model.device, dtype=model.dtype, transfer_dtype=model.transfer_dtype, half=half
     )

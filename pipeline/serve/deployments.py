@@ -65,7 +65,8 @@ class _ModelReplica:
 
     def __init__(self, config: ServeConfig, resources: DeploymentResources, half: str) -> None:
         self.config = config
-        self.vlm = load_half(config.model, config.drop, half, resources.num_cpus)
+        threads = torch_threads(config.model, resources.num_cpus)
+        self.vlm = load_half(config.model, config.drop, half, threads)
         self.max_visual_tokens = self.vlm.geometry.max_tokens
         config.budget_range(self.max_visual_tokens)  # a bad operator range fails the deployment
         # The model is not thread-safe: one thread runs every batch, so the event loop stays free
@@ -79,7 +80,7 @@ class _ModelReplica:
         self.metrics = ServeMetrics()
         logger.info(
             "%s replica ready: %s on %s, %d torch threads",
-            self.role, config.model.name, self.vlm.device, torch_threads(config.model, resources.num_cpus),
+            self.role, config.model.name, self.vlm.device, threads,
         )
 
     async def _run(self, fn: Callable[[], T]) -> T:

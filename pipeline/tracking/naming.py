@@ -21,10 +21,9 @@ def budget_label(budget: Any) -> str | None:
     if budget is None or str(budget) in ("", "None"):
         return None
     try:
-        parsed = Budget.parse(str(budget))
+        return Budget.parse(str(budget)).label
     except ValueError:
         return str(budget)
-    return f"{parsed.fraction * 100:g}%" if parsed.fraction is not None else f"{parsed.tokens} tokens"
 
 
 def model_label(model: str | None) -> str | None:
