@@ -33,11 +33,10 @@ from tqdm import tqdm
 
 from hired_ops import VisionGeometry, vision_tower
 from pipeline.experiments.tasks import get_task
-from pipeline.model.builtin import build_model, build_processor, build_tokenizer
 from pipeline.model.loading import SHIPPED, TESTBED_MODEL
 
 from . import questions as q
-from .architecture import TestbedArchitecture
+from .architecture import TestbedArchitecture, build_model, build_processor, build_tokenizer
 from .scenes import COLORS, GLYPHS, SHAPES, TILE, Scene, make_scene, render
 
 logger = logging.getLogger(__name__)
@@ -69,9 +68,9 @@ class TestbedTrainConfig:
     """
 
     seed: int = 0
-    cls_steps: int = 700
-    caption_steps: int = 80
-    instruct_steps: int = 320
+    cls_steps: int = 6000
+    caption_steps: int = 400
+    instruct_steps: int = 3000
     batch_size: int = 8
     cls_lr: float = 2e-3
     lr: float = 2e-3
