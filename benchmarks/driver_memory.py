@@ -65,12 +65,14 @@ def measure(input: str, output: str, limit: int | None) -> dict:
     """One job in this process: driver peak RSS and seconds to the first written row."""
     from pipeline.batch.config import JobConfig, PoolConfig
     from pipeline.batch.driver import run_job
+    from pipeline.model.config import ModelConfig
     from pipeline.model.generation import GenerateOptions
 
     start = time.perf_counter()
     first: list[float] = []
     config = JobConfig(
-        input=input, output=output, limit=limit, generate=GenerateOptions(max_new_tokens=1),
+        input=input, output=output, limit=limit, model=ModelConfig(name="hired/tiny-llava-next"),
+        generate=GenerateOptions(max_new_tokens=1),
         vision=PoolConfig(batch_size=16), llm=PoolConfig(batch_size=16), decode_batch_size=16,
     )
     summary = run_job(config, figures=0, on_progress=lambda p: first or first.append(time.perf_counter() - start))

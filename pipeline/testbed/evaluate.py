@@ -1,17 +1,21 @@
-"""Score a model on the testbed's held-out manifests, in process, with the project's own metrics.
+"""Score a checkpoint on the testbed's held-out manifests, in process, with the project's own metrics.
 
-``python -m pipeline.testbed.evaluate [--model pipeline/testbed/weights] [--eval-dir samples/eval-testbed]``
-prints a markdown table: each task's headline metric (:func:`pipeline.scoring.aggregate`) at full
-tokens, HiRED 20% and spatial 20%, with the chance level beside it.
+``python -m pipeline.testbed.evaluate [--methods full,hired,...] [--budgets 0.1,0.2,0.4]
+[--figures DIR]`` prints one markdown table: each setting's headline metric per task
+(:func:`pipeline.experiments.tasks.aggregate`), their average, and the visual tokens it kept, with
+chance as the last row; ``--figures`` also draws each setting's kept patches on a few scenes.
 
-Each image is encoded once per dropping method and reused by all the rows that ask about it; the
-answers are decoded greedily by :class:`pipeline.engine.HiredVLM`.
+The same engine as the jobs (:class:`pipeline.model.vlm.HiredVLM`, greedy decoding) without Ray,
+in fp32: a sweep of dozens of settings runs in minutes, and each image is encoded once per setting
+and reused by every question about it. ``hired evaluate`` runs the same settings through the
+dataset job instead, one Ray job per setting (in the job's dtype, bf16 on CPUs that have it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +23,7 @@ import torch
 from PIL import Image
 
 from hired_ops import DropConfig
+from pipeline.experiments.settings import Setting, sweep
 from pipeline.experiments.tasks import aggregate, get_task
 from pipeline.model.generation import GenerateOptions
 from pipeline.model.vlm import HiredVLM
@@ -28,23 +33,21 @@ from .make_eval_set import DEFAULT_OUT
 from .train import WEIGHTS_DIR
 
 MANIFESTS = {"vqa": "vqa.jsonl", "multiple_choice": "mcq.jsonl", "pope": "pope.jsonl"}
-METHODS: dict[str, DropConfig] = {
-    "full": DropConfig(method="full", budget=None),
-    "hired 20%": DropConfig(method="hired", budget=0.2),
-    "spatial 20%": DropConfig(method="spatial", budget=0.2),
-}
+# the paper's Table 3 methods, at the budgets the issue tables use
+METHODS, BUDGETS = "full,hired,spatial,random,prumerge,prumerge+", "0.1,0.2,0.4"
 # answers are one word or letter; a few spare tokens let a wrong, longer reply show as wrong
 OPTIONS = GenerateOptions(max_new_tokens=6)
 
 
 @dataclass(frozen=True)
 class TaskResult:
-    """One task under one dropping method."""
+    """One task under one setting; ``tokens`` is the mean visual tokens kept per image."""
 
     task: str
-    method: str
+    setting: Setting
     metrics: dict[str, float]
     predictions: list[str]
+    tokens: float
 
     @property
     def headline(self) -> float:
@@ -69,9 +72,12 @@ def chance(task: str, rows: list[dict]) -> float:
     return sum(1 / q.ANSWER_SPACE[row["id"].split("-")[1]] for row in rows) / len(rows)
 
 
-def evaluate_task(vlm: HiredVLM, task: str, rows: list[dict], eval_dir: Path, drop: DropConfig, method: str, batch_size: int = 16) -> TaskResult:
-    """Answer every row with ``drop`` and score the replies with the task's metric."""
+def evaluate_task(
+    vlm: HiredVLM, task: str, rows: list[dict], eval_dir: Path, setting: Setting, batch_size: int = 16
+) -> TaskResult:
+    """Answer every row under ``setting`` and score the replies with the task's metric."""
     spec = get_task(task)
+    drop = setting.apply(DropConfig())
     encoded = {}
     for path in dict.fromkeys(row["image"] for row in rows):
         with Image.open(Path(eval_dir) / path) as image:
@@ -82,54 +88,96 @@ def evaluate_task(vlm: HiredVLM, task: str, rows: list[dict], eval_dir: Path, dr
         generations = vlm.generate([encoded[row["image"]] for row in batch], [spec.build_prompt(row) for row in batch], OPTIONS)
         predictions += [g.text for g in generations]
     scores = [spec.score(p, row) for p, row in zip(predictions, rows)]
-    return TaskResult(task, method, aggregate(spec, scores, predictions, rows), predictions)
+    tokens = sum(e.num_tokens for e in encoded.values()) / len(encoded)
+    return TaskResult(task, setting, aggregate(spec, scores, predictions, rows), predictions, tokens)
 
 
-def evaluate(model_dir: Path, eval_dir: Path, limit: int | None = None, methods: dict[str, DropConfig] = METHODS) -> list[TaskResult]:
-    """Every task of ``eval_dir`` under every method, on the checkpoint in ``model_dir`` (CPU)."""
+def load_vlm(model_dir: Path) -> HiredVLM:
+    """The checkpoint in ``model_dir`` as a :class:`HiredVLM` (CPU, fp32, eval mode)."""
     from transformers import AutoProcessor, LlavaNextForConditionalGeneration
 
     model = LlavaNextForConditionalGeneration.from_pretrained(model_dir).eval()
-    vlm = HiredVLM(model, AutoProcessor.from_pretrained(model_dir))
+    return HiredVLM(model, AutoProcessor.from_pretrained(model_dir))
+
+
+def evaluate(vlm: HiredVLM, eval_dir: Path, settings: Sequence[Setting], limit: int | None = None, on_result=None) -> list[TaskResult]:
+    """Every task of ``eval_dir`` under every setting; ``on_result`` sees each as it finishes."""
     results = []
     with torch.inference_mode():
-        for method, drop in methods.items():
+        for setting in settings:
             for task in MANIFESTS:
-                results.append(evaluate_task(vlm, task, load_rows(eval_dir, task, limit), eval_dir, drop, method))
+                results.append(evaluate_task(vlm, task, load_rows(eval_dir, task, limit), eval_dir, setting))
+                if on_result:
+                    on_result(results[-1])
     return results
 
 
 def markdown_table(results: list[TaskResult], eval_dir: Path, limit: int | None = None) -> str:
-    """Tasks as rows, methods as columns, chance last."""
-    methods = list(dict.fromkeys(r.method for r in results))
-    lines = [
-        "| task (metric, questions) | " + " | ".join(methods) + " | chance |",
-        "|---|" + "---|" * (len(methods) + 1),
-    ]
-    for task in MANIFESTS:
-        rows = load_rows(eval_dir, task, limit)
-        values = [next(r.headline for r in results if r.task == task and r.method == m) for m in methods]
-        label = f"{task} ({get_task(task).metric}, {len(rows)})"
-        lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" for v in values) + f" | {chance(task, rows):.3f} |")
-    for method in methods:
-        pope = next(r for r in results if r.task == "pope" and r.method == method)
-        lines.append(
-            f"\nPOPE at {method}: accuracy {pope.metrics['accuracy']:.3f} (chance 0.500), "
-            f"yes ratio {pope.metrics['yes_ratio']:.3f}."
-        )
+    """Settings as rows; each task's headline metric, their average and the tokens kept as
+    columns; chance as the last row."""
+    settings = list(dict.fromkeys(r.setting for r in results))
+    questions = {task: load_rows(eval_dir, task, limit) for task in MANIFESTS}
+    header = [f"{task} ({get_task(task).metric}, {len(rows)} q)" for task, rows in questions.items()]
+    lines = ["| setting | " + " | ".join(header) + " | average | visual tokens |", "|---|" + "---|" * (len(header) + 2)]
+    for setting in settings:
+        values = [next(r for r in results if r.task == task and r.setting == setting) for task in MANIFESTS]
+        cells = [f"{r.headline:.3f}" for r in values]
+        average = sum(r.headline for r in values) / len(values)
+        lines.append(f"| {setting.label} | " + " | ".join(cells) + f" | {average:.3f} | {values[0].tokens:.1f} |")
+    chances = [chance(task, rows) for task, rows in questions.items()]
+    lines.append("| chance | " + " | ".join(f"{c:.3f}" for c in chances) + f" | {sum(chances) / len(chances):.3f} | |")
     return "\n".join(lines)
+
+
+def draw_settings(vlm: HiredVLM, image: Image.Image, settings: Sequence[Setting], out: Path) -> None:
+    """One PNG of ``image``'s kept patches under each setting, stacked top to bottom."""
+    import io
+
+    from pipeline.tracking.figures import draw_kept_patches
+
+    panels = []
+    for setting in settings:
+        encoded = vlm.encode([image], setting.apply(DropConfig()))[0]
+        figure = draw_kept_patches(image, encoded, vlm.geometry, title=setting.label)
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=80)
+        panels.append(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
+    sheet = Image.new("RGB", (max(p.width for p in panels), sum(p.height for p in panels)), "white")
+    top = 0
+    for panel in panels:
+        sheet.paste(panel, (0, top))
+        top += panel.height
+    sheet.save(out)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=WEIGHTS_DIR)
     parser.add_argument("--eval-dir", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--methods", default=METHODS, help="comma list: presets or allocation+selection (default: %(default)s)")
+    parser.add_argument("--budgets", default=BUDGETS, help="comma list of budgets (default: %(default)s)")
     parser.add_argument("--limit", type=int, default=None, help="first N rows of each manifest")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--csv", type=Path, help="also write every task's metrics per setting here")
+    parser.add_argument("--figures", type=Path, help="folder for kept-patch sheets of the first --scenes images")
+    parser.add_argument("--scenes", type=int, default=3)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    results = evaluate(args.model, args.eval_dir, args.limit)
+    settings = sweep(args.methods.split(","), args.budgets.split(","))
+    vlm = load_vlm(args.model)
+    results = evaluate(vlm, args.eval_dir, settings, args.limit, on_result=lambda r: print(
+        f"{r.setting.name} {r.task}: {r.headline:.3f}", flush=True))
     print(markdown_table(results, args.eval_dir, args.limit))
+    if args.csv:
+        from pipeline.experiments.settings import csv_text
+
+        rows = [{"setting": r.setting.name, "task": r.task, "tokens": r.tokens, **r.metrics} for r in results]
+        args.csv.write_text(csv_text([{k: row.get(k, "") for k in dict.fromkeys(k for r in rows for k in r)} for row in rows]))
+    if args.figures:
+        args.figures.mkdir(parents=True, exist_ok=True)
+        for path in list(dict.fromkeys(row["image"] for row in load_rows(args.eval_dir, "vqa")))[: args.scenes]:
+            with Image.open(args.eval_dir / path) as image:
+                draw_settings(vlm, image.convert("RGB"), settings, args.figures / f"kept-{Path(path).stem}.png")
     return 0
 
 

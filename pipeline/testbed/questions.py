@@ -22,11 +22,14 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from pipeline.model.generation import DEFAULT_PROMPT
+
 from .scenes import COLOR_WEIGHTS, COLORS, GLYPHS, SHAPE_WEIGHTS, SHAPES, Scene
 
 VQA_KINDS = ("color", "shape", "count", "glyph", "position")
 POPE_TYPES = ("random", "popular", "adversarial")
-CAPTION_PROMPT = "Describe the image briefly."
+# the caption job's own default prompt, so `hired caption` with no --prompt asks what was trained
+CAPTION_PROMPT = DEFAULT_PROMPT
 MAX_COUNT = 5
 LETTERS = "ABCD"
 # how many answers each open question kind chooses among (its chance level is the inverse)

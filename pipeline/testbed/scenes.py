@@ -139,10 +139,9 @@ def _glyph_mask(char: str) -> Image.Image:
     return cell.crop(cell.getbbox())
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, thing: Thing) -> None:
+def _draw_shape(draw: ImageDraw.ImageDraw, thing: Thing, fill) -> None:
     r = thing.size / 2
     x, y = thing.x, thing.y
-    fill = COLORS[thing.color]
     if thing.kind == "circle":
         draw.ellipse((x - r, y - r, x + r, y + r), fill=fill)
     elif thing.kind == "square":
@@ -158,17 +157,29 @@ def _draw_shape(draw: ImageDraw.ImageDraw, thing: Thing) -> None:
         raise ValueError(f"unknown shape {thing.kind!r}")
 
 
-def render(scene: Scene) -> Image.Image:
-    """The scene as an RGB image of ``scene.size``."""
+def _paint(scene: Scene, mode: str, background, fill_of) -> Image.Image:
+    """The scene's objects drawn onto a ``mode`` image, each with ``fill_of(index, thing)``
+    (index into :attr:`Scene.things`)."""
     height, width = scene.size
-    image = Image.new("RGB", (width, height), scene.background)
+    image = Image.new(mode, (width, height), background)
     draw = ImageDraw.Draw(image)
-    for thing in scene.shapes:
-        _draw_shape(draw, thing)
+    for index, thing in enumerate(scene.shapes):
+        _draw_shape(draw, thing, fill_of(index, thing))
     glyph = scene.glyph
     mask = _glyph_mask(glyph.char)
     target_h = max(round(glyph.size), 4)
     target_w = max(round(target_h * mask.width / mask.height), 2)
     mask = mask.resize((target_w, target_h), Image.NEAREST)
-    image.paste((0, 0, 0), (int(glyph.x - target_w / 2), int(glyph.y - target_h / 2)), mask)
+    image.paste(fill_of(len(scene.shapes), glyph), (int(glyph.x - target_w / 2), int(glyph.y - target_h / 2)), mask)
     return image
+
+
+def render(scene: Scene) -> Image.Image:
+    """The scene as an RGB image of ``scene.size``."""
+    return _paint(scene, "RGB", scene.background, lambda _, thing: (0, 0, 0) if thing.kind == "glyph" else COLORS[thing.color])
+
+
+def label_map(scene: Scene) -> Image.Image:
+    """Which object each pixel of :func:`render` shows: a mode-L image of ``scene.size``, 0 for
+    the background and ``i + 1`` for ``scene.things[i]`` (shapes in order, the glyph last)."""
+    return _paint(scene, "L", 0, lambda index, _: index + 1)

@@ -1,15 +1,19 @@
 """Train the testbed model from scratch in three stages, reproducibly from a seed.
 
-0. ``cls``: the vision tower alone, with a multi-label head on the CLS token of the layer LLaVA
-   reads features from (``hidden_states[-2]``): each tile's CLS must say which objects and glyph
-   lie in that tile, so its attention in that layer (what HiRED ranks patches by) and in the
-   layers below it has to find them. The head is dropped afterwards.
+0. ``cls``: the vision tower alone, with two multi-label heads on the layer LLaVA reads features
+   from (``hidden_states[-2]``): each tile's CLS must say which objects and glyph lie in that
+   tile, so its attention in that layer (what HiRED ranks patches by) and in the layers below it
+   has to find them; and each patch token must say which object it shows, so the features the
+   projector reads name what is where (CLIP's contrastive pre-training gives its patch tokens
+   such local content; a from-scratch tower here needs it asked for). The heads are dropped
+   afterwards.
 1. ``caption``: projector alignment on captions, tower frozen. The LLM is trained too: it starts
    random here, unlike LLaVA's pretrained LLM, so there is nothing for a projector alone to align to.
 2. ``instruct``: multi-turn conversations (several VQA, multiple-choice and POPE questions and the
-   caption per image, as LLaVA's instruction data packs them), everything trainable. Stage 0's
-   objective stays on as an auxiliary loss (weight ``cls_weight``), so the CLS attention HiRED
-   reads keeps meaning "where the objects are" while the tower learns what the questions need.
+   caption per image, as LLaVA's instruction data packs them), everything trainable, the tower at
+   a tenth of the LLM's learning rate as LLaVA-NeXT trains its tower. Stage 0's objectives stay
+   on as an auxiliary loss (weight ``cls_weight``), so the CLS attention HiRED reads keeps
+   meaning "where the objects are" while the tower learns what the questions need.
 
 Data are generated on the fly from the "train" split only; the held-out split is never read here.
 Each stage is ``torch.optim.AdamW`` with ``get_cosine_schedule_with_warmup`` over the model's own
@@ -27,7 +31,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
@@ -36,8 +42,13 @@ from pipeline.experiments.tasks import get_task
 from pipeline.model.loading import SHIPPED, TESTBED_MODEL
 
 from . import questions as q
-from .architecture import TestbedArchitecture, build_model, build_processor, build_tokenizer
-from .scenes import COLORS, GLYPHS, SHAPES, TILE, Scene, make_scene, render
+from .architecture import (
+    TestbedArchitecture,
+    build_model,
+    build_processor,
+    build_tokenizer,
+)
+from .scenes import COLORS, GLYPHS, SHAPES, TILE, Scene, label_map, make_scene, render
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +65,14 @@ class TestbedTrainConfig:
 
     Attributes:
         seed: seeds the tokenizer corpus, the weights, and the training scenes.
-        cls_steps, caption_steps, instruct_steps: optimiser steps of stages 0, 1 and 2.
+        cls_steps: optimiser steps of stage 0 (the tower's CLS objective).
+        caption_steps: optimiser steps of stage 1 (captions, tower frozen).
+        instruct_steps: optimiser steps of stage 2 (conversations, everything trained).
         batch_size: scenes per step.
-        cls_lr, lr: peak learning rates of stage 0 and of stages 1-2.
-        cls_weight: weight of the CLS objective beside the language loss in stage 2.
+        cls_lr: peak learning rate of stage 0.
+        lr: peak learning rate of stages 1 and 2.
+        cls_weight: weight of stage 0's objectives beside the language loss in stage 2.
+        tower_lr_scale: the tower's learning rate in stage 2, as a share of ``lr``.
         warmup: share of each stage's steps spent warming up.
         per_task: questions per task (vqa, multiple_choice, pope) in one stage-2 conversation.
         output: where the checkpoint is saved (``from_pretrained`` loads it).
@@ -75,6 +90,7 @@ class TestbedTrainConfig:
     cls_lr: float = 2e-3
     lr: float = 2e-3
     cls_weight: float = 0.5
+    tower_lr_scale: float = 0.1
     warmup: float = 0.05
     per_task: int = 2
     output: str = str(WEIGHTS_DIR)
@@ -95,6 +111,8 @@ class TestbedTrainConfig:
             raise ValueError("learning rates must be > 0")
         if self.cls_weight < 0:
             raise ValueError(f"cls_weight must be >= 0, got {self.cls_weight}")
+        if not 0.0 < self.tower_lr_scale <= 1.0:
+            raise ValueError(f"tower_lr_scale must be in (0, 1], got {self.tower_lr_scale}")
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -155,6 +173,12 @@ def collate(items: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torc
     return {"input_ids": ids, "labels": labels, "attention_mask": mask, "pixel_values": pixels, "image_sizes": sizes}
 
 
+def _names(thing) -> list[int]:
+    """The label columns an object switches on."""
+    names = [thing.label] if thing.kind == "glyph" else [thing.label, thing.kind, thing.color]
+    return [CLS_LABELS.index(name) for name in names]
+
+
 def tile_targets(scene: Scene, geometry: VisionGeometry) -> torch.Tensor:
     """``(P, len(CLS_LABELS))`` 0/1 targets: the full image holds every object; sub-image i the
     objects whose centre falls in its tile (after the processor's resize and centring)."""
@@ -164,13 +188,42 @@ def tile_targets(scene: Scene, geometry: VisionGeometry) -> torch.Tensor:
     height, width = scene.size
     targets = torch.zeros(layout.num_partitions, len(CLS_LABELS))
     for thing in scene.things:
-        names = [thing.label] if thing.kind == "glyph" else [thing.label, thing.kind, thing.color]
-        columns = [CLS_LABELS.index(name) for name in names]
+        columns = _names(thing)
         row = min(int((top + thing.y * new_h / height) // TILE), rows - 1)
         col = min(int((left + thing.x * new_w / width) // TILE), cols - 1)
         targets[0, columns] = 1
         targets[1 + row * cols + col, columns] = 1
     return targets
+
+
+def patch_targets(scene: Scene, geometry: VisionGeometry) -> torch.Tensor:
+    """``(P * side * side, len(CLS_LABELS))`` 0/1 targets, patches of each partition in raster
+    order: the object covering the most of a patch's pixels, if it covers a quarter of them.
+
+    The label map is cut exactly as the processor cuts the image (full image squashed to one
+    tile; sub-images from the aspect-preserving resize centred on the canvas), with nearest
+    resampling so object ids never blend.
+    """
+    layout = geometry.layout(scene.size)
+    tile, side, patch = layout.tile, layout.side, layout.tile // layout.side
+    ids = label_map(scene)
+    top, left, new_h, new_w = layout.content_box
+    canvas = Image.new("L", (layout.canvas[1], layout.canvas[0]), 0)
+    canvas.paste(ids.resize((new_w, new_h), Image.NEAREST), (left, top))
+    full = np.asarray(ids.resize((tile, tile), Image.NEAREST))
+    grid = np.asarray(canvas)
+    rows, cols = layout.grid
+    tiles = [full] + [grid[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] for r in range(rows) for c in range(cols)]
+    # (P, side, side, patch * patch): each patch's pixels on the last axis
+    pixels = np.stack(tiles).reshape(len(tiles), side, patch, side, patch).transpose(0, 1, 3, 2, 4)
+    pixels = pixels.reshape(len(tiles) * side * side, patch * patch)
+    counts = np.stack([(pixels == i + 1).sum(axis=1) for i in range(len(scene.things))], axis=1)
+    owner = counts.argmax(axis=1)
+    covered = counts.max(axis=1) * 4 >= patch * patch
+    lookup = torch.zeros(len(scene.things), len(CLS_LABELS))
+    for index, thing in enumerate(scene.things):
+        lookup[index, _names(thing)] = 1
+    return lookup[torch.from_numpy(owner)] * torch.from_numpy(covered)[:, None]
 
 
 def scenes(seed: int, stage: str) -> Iterator[tuple[Scene, random.Random]]:
@@ -184,21 +237,24 @@ def scenes(seed: int, stage: str) -> Iterator[tuple[Scene, random.Random]]:
 # -- stages ---------------------------------------------------------------------------------------
 
 
-class ClsHead(nn.Module):
-    """Stage 0's multi-label classifier on a tower layer's CLS token."""
+class SceneHeads(nn.Module):
+    """Stage 0's multi-label classifiers on a tower layer: one on the CLS token, one on each patch."""
 
     def __init__(self, tower: nn.Module, layers: int, labels: int) -> None:
         super().__init__()
         self.tower = tower
         self.layers = layers
         self.classifier = nn.Linear(tower.config.hidden_size, labels)
+        self.patches = nn.Linear(tower.config.hidden_size, labels)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """``(P, 3, 64, 64)`` -> ``(P, labels)`` logits from the CLS after ``layers`` layers."""
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(P, 3, 64, 64)`` -> CLS logits ``(P, labels)`` and patch logits ``(P * N, labels)``
+        from the hidden states after ``layers`` layers."""
         hidden = self.tower.pre_layrnorm(self.tower.embeddings(pixel_values))
         for layer in self.tower.encoder.layers[: self.layers]:
             hidden = layer(hidden, None)
-        return self.classifier(self.tower.post_layernorm(hidden[:, 0]))
+        hidden = self.tower.post_layernorm(hidden)
+        return self.classifier(hidden[:, 0]), self.patches(hidden[:, 1:]).flatten(0, 1)
 
 
 def _optimise(
@@ -239,24 +295,30 @@ def _optimise(
     return last
 
 
-def cls_loss(head: ClsHead, pixel_values: torch.Tensor, batch: list[Scene], geometry: VisionGeometry) -> torch.Tensor:
-    """Stage 0's loss on a processed batch: ``pixel_values`` ``(B, P_max, 3, 64, 64)``."""
+def scene_loss(
+    heads: SceneHeads, pixel_values: torch.Tensor, batch: list[Scene], geometry: VisionGeometry
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Stage 0's loss on a processed batch (``pixel_values`` ``(B, P_max, 3, 64, 64)``): the CLS
+    and patch objectives' sum, and each of them to log."""
     counts = [geometry.layout(scene.size).num_partitions for scene in batch]
     flat = torch.cat([pv[:n] for pv, n in zip(pixel_values, counts)])
-    targets = torch.cat([tile_targets(scene, geometry) for scene in batch])
-    return nn.functional.binary_cross_entropy_with_logits(head(flat), targets)
+    cls_logits, patch_logits = heads(flat)
+    bce = nn.functional.binary_cross_entropy_with_logits
+    cls = bce(cls_logits, torch.cat([tile_targets(scene, geometry) for scene in batch]))
+    patches = bce(patch_logits, torch.cat([patch_targets(scene, geometry) for scene in batch]))
+    return cls + patches, {"cls_loss": cls.item(), "patch_loss": patches.item()}
 
 
-def train_cls(model, processor, config: TestbedTrainConfig, log) -> tuple[dict[str, float], ClsHead]:
-    """Stage 0; returns its last losses and the head, which stage 2 keeps training."""
+def train_cls(model, processor, config: TestbedTrainConfig, log) -> tuple[dict[str, float], SceneHeads]:
+    """Stage 0; returns its last losses and the heads, which stage 2 keeps training."""
     geometry = VisionGeometry.from_model(model)
-    head = ClsHead(vision_tower(model), geometry.layers_to_run, len(CLS_LABELS))
+    head = SceneHeads(vision_tower(model), geometry.layers_to_run, len(CLS_LABELS))
     source = scenes(config.seed, "cls")
 
-    def loss_of_batch() -> torch.Tensor:
+    def loss_of_batch() -> tuple[torch.Tensor, dict[str, float]]:
         batch = [next(source)[0] for _ in range(config.batch_size)]
         pixels = processor.image_processor(images=[render(s) for s in batch], return_tensors="pt")["pixel_values"]
-        return cls_loss(head, pixels, batch, geometry), {}
+        return scene_loss(head, pixels, batch, geometry)
 
     groups = [{"params": list(head.parameters()), "lr": config.cls_lr}]
     return _optimise("cls", groups, config.cls_steps, config, loss_of_batch, log, 0), head
@@ -285,11 +347,16 @@ def train_caption(model, processor, config: TestbedTrainConfig, log) -> dict[str
     return _optimise("caption", groups, config.caption_steps, config, lambda: (model(**next_batch()[1]).loss, {}), log, config.cls_steps)
 
 
-def train_instruct(model, processor, head: ClsHead, config: TestbedTrainConfig, log) -> dict[str, float]:
+def train_instruct(model, processor, head: SceneHeads, config: TestbedTrainConfig, log) -> dict[str, float]:
     """Stage 2: conversations, everything trainable, stage 0's loss kept on beside the LM's."""
     model.model.vision_tower.requires_grad_(True)
     geometry = VisionGeometry.from_model(model)
-    groups = [{"params": list(model.parameters()) + list(head.classifier.parameters()), "lr": config.lr}]
+    tower = [p for n, p in model.named_parameters() if n.startswith("model.vision_tower")]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("model.vision_tower")]
+    groups = [
+        {"params": rest + list(head.classifier.parameters()) + list(head.patches.parameters()), "lr": config.lr},
+        {"params": tower, "lr": config.lr * config.tower_lr_scale},
+    ]
     next_batch = _conversations(
         model, processor, scenes(config.seed, "instruct"), config, lambda s, r: q.training_questions(s, r, config.per_task)
     )
@@ -299,8 +366,8 @@ def train_instruct(model, processor, head: ClsHead, config: TestbedTrainConfig, 
         language = model(**inputs).loss
         if not config.cls_weight:
             return language, {}
-        cls = cls_loss(head, inputs["pixel_values"], batch, geometry)
-        return language + config.cls_weight * cls, {"lm_loss": language.item(), "cls_loss": cls.item()}
+        scene, parts = scene_loss(head, inputs["pixel_values"], batch, geometry)
+        return language + config.cls_weight * scene, {"lm_loss": language.item(), **parts}
 
     return _optimise("instruct", groups, config.instruct_steps, config, loss_of_batch, log, config.cls_steps + config.caption_steps)
 
