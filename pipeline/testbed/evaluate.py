@@ -1,6 +1,6 @@
 """Score a model on the testbed's held-out manifests, in process, with the project's own metrics.
 
-``python -m pipeline.testbed.evaluate [--model pipeline/testbed/weights] [--eval-dir samples/eval-testbed]``
+``python -m pipeline.testbed.evaluate [--model pipeline/testbed/weights] [--eval-dir samples/eval]``
 prints a markdown table: each task's headline metric (:func:`pipeline.scoring.aggregate`) at full
 tokens, HiRED 20% and spatial 20%, with the chance level beside it.
 
