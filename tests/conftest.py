@@ -16,6 +16,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from tests.s3_server import s3_server  # noqa: F401,E402  (one loopback S3 server per session)
 
 REPO = Path(__file__).resolve().parents[1]
+# what tests run jobs and servers on unless they are about the default model (the trained
+# testbed): the random tiny LLaVA-NeXT, whose geometry (576 tokens a tile) the tests count with
+TINY_MODEL = "hired/tiny-llava-next"
 
 
 @pytest.fixture(scope="session")

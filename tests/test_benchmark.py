@@ -22,7 +22,7 @@ from pipeline.experiments.settings import TABLE_CSV, TABLE_MARKDOWN, Setting
 from pipeline.model.generation import GenerateOptions
 from pipeline.model.vlm import HiredVLM
 from pipeline.tracking.runs import KIND_TAG, TrackingConfig, open_client
-from tests.conftest import REPO
+from tests.conftest import REPO, TINY_MODEL
 
 SAMPLE_IMAGES = REPO / "samples" / "images"
 
@@ -76,7 +76,7 @@ def test_config_is_validated(build, message):
 def test_benchmark_command_table_and_runs(tmp_path, capsys):
     db, out = tmp_path / "mlflow.db", tmp_path / "bench"
     argv = [
-        "benchmark", "--methods", "full,hired", "--budgets", "0.2", "--batch-sizes", "1,2",
+        "benchmark", "--model", TINY_MODEL, "--methods", "full,hired", "--budgets", "0.2", "--batch-sizes", "1,2",
         "--repeats", "2", "--max-new-tokens", "4", "--output", str(out),
         "--tracking-uri", f"sqlite:///{db}", "--experiment", "bench-test",
     ]

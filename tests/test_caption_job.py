@@ -26,7 +26,7 @@ from pipeline.data.synthetic import random_image
 from pipeline.model.config import ModelConfig
 from pipeline.model.generation import GenerateOptions
 from pipeline.model.vlm import HiredVLM
-from tests.conftest import REPO
+from tests.conftest import REPO, TINY_MODEL
 
 pytestmark = pytest.mark.slow
 
@@ -56,8 +56,8 @@ def make_mixed_images(folder: Path) -> list[str]:
     for i, (height, width) in enumerate(sizes):
         fmt, ext = formats[i % len(formats)]
         random_image(height, width, seed=100 + i).save(folder / f"random_{i}.{ext}", format=fmt)
-    good_jpeg = (folder / "landscape_640x480.jpg").read_bytes()
-    good_png = (folder / "portrait_480x720.png").read_bytes()
+    good_jpeg = (folder / "jpeg_384x192.jpg").read_bytes()
+    good_png = (folder / "png_180x360.png").read_bytes()
     (folder / "zero.jpg").write_bytes(b"")
     (folder / "text.png").write_bytes(b"this is not an image at all\n" * 10)
     (folder / "truncated.jpg").write_bytes(good_jpeg[: len(good_jpeg) // 2])
@@ -70,7 +70,7 @@ def small_job(input: str, output: str, **overrides) -> JobConfig:
     values = dict(
         input=input,
         output=output,
-        model=ModelConfig(dtype="float32"),  # answers are compared with the fp32 direct API
+        model=ModelConfig(name=TINY_MODEL, dtype="float32"),  # answers are compared with the fp32 direct API
         generate=GenerateOptions(max_new_tokens=6),
         vision=PoolConfig(batch_size=4),
         llm=PoolConfig(batch_size=4),
@@ -179,7 +179,7 @@ def test_killed_job_resumes_each_row_once(tmp_path):
         random_image(300 + 5 * i, 500, seed=i).save(folder / f"img_{i:02d}.png")
     out = tmp_path / "out"
     command = [
-        sys.executable, "-m", "jobs.cli", "caption", str(folder), "--output", str(out),
+        sys.executable, "-m", "jobs.cli", "caption", str(folder), "--output", str(out), "--model", TINY_MODEL,
         "--max-new-tokens", "4", "--vision-batch-size", "2", "--llm-batch-size", "2",
         "--decode-batch-size", "2", "--no-tracking",
     ]

@@ -1,5 +1,5 @@
 """``hired evaluate``: the sweep grid, reading labelled manifests, scoring written answers, and the
-whole command on the shipped sample set with MLflow parent and child runs."""
+whole command on the shipped held-out set with MLflow parent and child runs."""
 
 from __future__ import annotations
 
@@ -21,14 +21,16 @@ from pipeline.experiments.evaluation import (
 from pipeline.experiments.labelled import load_labelled_set
 from pipeline.experiments.settings import TABLE_CSV, TABLE_MARKDOWN, Setting, sweep
 from pipeline.experiments.tasks import get_task
+from pipeline.model.loading import DEFAULT_MODEL
 from pipeline.tracking.runs import KIND_TAG, TrackingConfig, open_client
-from tests.conftest import REPO
+from tests.conftest import REPO, TINY_MODEL
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
 EVAL = REPO / "samples" / "eval"
+IMAGE = str(EVAL / "images" / "heldout-000.png")
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -79,20 +81,20 @@ def test_setting_refuses_a_budget_for_full():
 
 def test_shipped_sets_load_with_their_task_and_prompts():
     vqa = load_labelled_set(str(EVAL / "vqa.jsonl"))
-    assert vqa.task.name == "vqa" and len(vqa.inputs) == 12
+    assert vqa.task.name == "vqa" and len(vqa.inputs) == 144
     first = vqa.inputs[0]
-    assert first.id == "vqa-001" and first.path.endswith("images/red_circle.png")
-    assert first.prompt == "What color is the circle?\nAnswer the question using a single word or phrase."
-    assert len(vqa.labels["vqa-001"]["answers"]) == 10
+    assert first.id == "vqa-shape-001" and first.path.endswith("images/heldout-000.png")
+    assert first.prompt == "What shape is the purple object?\nAnswer the question using a single word or phrase."
+    assert vqa.labels["vqa-shape-001"]["answers"] == ["square"] * 10
 
     mcq = load_labelled_set(str(EVAL / "mcq.jsonl"))
     assert mcq.task.name == "multiple_choice"
-    label = mcq.labels["mcq-001"]
-    assert label["answer"] == "B" and label["choices"] == ["square", "circle", "triangle", "star"]
-    assert "B. circle" in mcq.inputs[0].prompt
+    label = mcq.labels["mcq-count-001"]
+    assert label["answer"] == "B" and label["choices"] == ["1", "2", "5", "0"]
+    assert "B. 2" in mcq.inputs[0].prompt
 
     pope = load_labelled_set(str(EVAL / "pope.jsonl"), limit=3)
-    assert pope.task.name == "pope" and [r.id for r in pope.inputs] == ["pope-001", "pope-002", "pope-003"]
+    assert pope.task.name == "pope" and [r.id for r in pope.inputs] == ["pope-yes-001", "pope-random-002", "pope-yes-003"]
 
 
 def test_parquet_manifest_and_task_override(tmp_path):
@@ -105,12 +107,12 @@ def test_parquet_manifest_and_task_override(tmp_path):
     with pytest.raises(ValueError, match="no 'task' column: pass --task"):
         load_labelled_set(str(manifest))
     labelled = load_labelled_set(str(manifest), task="exact")
-    assert labelled.task.name == "exact" and [r.id for r in labelled.inputs] == ["vqa-001", "vqa-002", "vqa-003"]
-    assert labelled.labels["vqa-002"]["answers"][7] == "three"
+    assert labelled.task.name == "exact" and [r.id for r in labelled.inputs] == [r["id"] for r in records]
+    assert labelled.labels["vqa-count-002"]["answers"] == ["0"] * 10
 
 
 def test_labelled_set_errors_name_the_problem(tmp_path):
-    image = str(EVAL / "images" / "red_circle.png")
+    image = IMAGE
     no_answers = write_jsonl(tmp_path / "a.jsonl", [{"id": "q1", "image": image, "question": "What?"}])
     with pytest.raises(ValueError, match=r"row 'q1' cannot be scored as task 'vqa' \(it needs 'answers'\)"):
         load_labelled_set(str(no_answers), task="vqa")
@@ -137,8 +139,16 @@ def test_labelled_set_errors_name_the_problem(tmp_path):
         load_labelled_set(str(EVAL / "images"))
 
 
-def test_score_answers_counts_failed_rows_apart():
-    labelled = load_labelled_set(str(EVAL / "vqa.jsonl"), limit=4)
+def test_score_answers_counts_failed_rows_apart(tmp_path):
+    # human answers disagree, as in VQAv2 (the bundled set's ten answers all agree)
+    human = {
+        "vqa-001": ["red"] * 8 + ["Red", "orange"],
+        "vqa-002": ["3"] * 7 + ["three", "three", "4"],
+        "vqa-003": ["hello"] * 8 + ["HELLO", "hello."],
+        "vqa-004": ["triangle"] * 9 + ["pyramid"],
+    }
+    rows = [{"id": i, "image": IMAGE, "question": "Q?", "answers": a, "task": "vqa"} for i, a in human.items()]
+    labelled = load_labelled_set(str(write_jsonl(tmp_path / "vqa.jsonl", rows)))
     # vqa-001: "Red." normalises to "red", which 9 of 10 answers are -> 1.0; vqa-002: "three"
     # normalises to "3", as do 9 of 10 answers -> 1.0; vqa-003: wrong -> 0.0; vqa-004: failed
     answers = pa.Table.from_pylist(
@@ -157,7 +167,7 @@ def test_score_answers_counts_failed_rows_apart():
 
 
 # ---------------------------------------------------------------------------------------------
-# The command, end to end on the tiny model
+# The command, end to end: on the tiny model, and on the default (testbed) model for POPE
 # ---------------------------------------------------------------------------------------------
 
 
@@ -171,7 +181,7 @@ def _runs(db: Path, experiment: str) -> tuple[MlflowClient, list[Run]]:
 def test_evaluate_sweep_on_the_sample_set(tmp_path, ray_local, capsys):
     db, out = tmp_path / "mlflow.db", tmp_path / "eval"
     argv = [
-        "evaluate", str(EVAL / "vqa.jsonl"), "--output", str(out),
+        "evaluate", str(EVAL / "vqa.jsonl"), "--output", str(out), "--model", TINY_MODEL, "--limit", "12",
         "--methods", "hired,spatial", "--budgets", "0.2,0.4", "--max-new-tokens", "4",
         "--tracking-uri", f"sqlite:///{db}", "--experiment", "eval-test",
     ]
@@ -193,7 +203,7 @@ def test_evaluate_sweep_on_the_sample_set(tmp_path, ray_local, capsys):
     assert parent.info.run_name == "evaluate vqa sweep · tiny-llava-next"
     assert {p.path for p in client.list_artifacts(parent.info.run_id)} == {TABLE_CSV, TABLE_MARKDOWN}
 
-    manifest = {r["id"]: r for r in read_jsonl(EVAL / "vqa.jsonl")}
+    manifest = {r["id"]: r for r in read_jsonl(EVAL / "vqa.jsonl")[:12]}
     task = get_task("vqa")
     for child in children:
         params, metrics = child.data.params, child.data.metrics
@@ -230,7 +240,7 @@ def test_evaluate_sweep_on_the_sample_set(tmp_path, ray_local, capsys):
 
 
 @pytest.mark.slow
-def test_evaluate_pope_reports_its_four_numbers(tmp_path, ray_local, capsys):
+def test_evaluate_pope_on_the_default_model_reports_its_four_numbers(tmp_path, ray_local, capsys):
     db = tmp_path / "mlflow.db"
     argv = [
         "evaluate", str(EVAL / "pope.jsonl"), "--output", str(tmp_path / "pope"), "--limit", "6",
@@ -243,11 +253,13 @@ def test_evaluate_pope_reports_its_four_numbers(tmp_path, ray_local, capsys):
     children = {r.data.params["setting"]: r for r in runs if r.data.tags.get(KIND_TAG) == "evaluate"}
     assert sorted(children) == ["full", "hired-0.2"]
     assert children["full"].data.params["budget"] == "None"  # full keeps what it has
+    assert children["hired-0.2"].info.run_name == "evaluate pope · hired 20% · testbed-llava-next"
     for child in children.values():
         metrics = child.data.metrics
         assert {"accuracy", "precision", "recall", "f1", "yes_ratio"} <= set(metrics)
         assert metrics["scored_rows"] == 6
         assert compare.headline_accuracy(child.data.params, metrics)[0] == "f1"
         assert metrics["chance"] == 0.5
+        assert child.data.params["model"] == DEFAULT_MODEL == "hired/testbed-llava-next"
     tokens = {name: child.data.metrics["visual_tokens_mean"] for name, child in children.items()}
-    assert tokens["full"] > tokens["hired-0.2"]
+    assert tokens["full"] > tokens["hired-0.2"] == 64  # 20% of the testbed model's 320

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import pickle
 import random
@@ -256,16 +257,24 @@ def test_malformed_exif_does_not_lose_the_image(monkeypatch):
 # bundled samples
 # --------------------------------------------------------------------------- #
 
-EXPECTED_SAMPLES = {
-    "landscape_640x480.jpg": (640, 480),
-    "portrait_480x720.png": (480, 720),
-    "panorama_1024x256.webp": (1024, 256),
-    "square_336x336.jpg": (336, 336),
-    "grayscale_320x240.png": (320, 240),
-    "palette_256x256.gif": (256, 256),
-    "rgba_300x200.png": (300, 200),
-    "exif_rotated_320x480.jpg": (320, 480),
+EXPECTED_SAMPLES = {  # name: (width, height) as displayed
+    "jpeg_384x192.jpg": (384, 192),
+    "png_180x360.png": (180, 360),
+    "webp_540x192.webp": (540, 192),
+    "jpeg_321x345.jpg": (321, 345),
+    "grayscale_372x186.png": (372, 186),
+    "palette_366x384.gif": (366, 384),
+    "rgba_189x576.png": (189, 576),
+    "exif_rotated_192x543.jpg": (192, 543),
 }
+
+
+def sample_generator():
+    """``samples/make_sample_images.py``, loaded as a module (it is a script, not a package)."""
+    spec = importlib.util.spec_from_file_location("make_sample_images", SAMPLES.parent / "make_sample_images.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_samples_are_present_small_and_decode():
@@ -278,17 +287,50 @@ def test_samples_are_present_small_and_decode():
 
 
 def test_sample_modes_cover_the_tricky_cases():
-    with Image.open(SAMPLES / "exif_rotated_320x480.jpg") as raw:
-        assert raw.size == (480, 320) and raw.getexif().get(ORIENTATION) == 6
-    with Image.open(SAMPLES / "palette_256x256.gif") as raw:
+    with Image.open(SAMPLES / "exif_rotated_192x543.jpg") as raw:
+        assert raw.size == (543, 192) and raw.getexif().get(ORIENTATION) == 6
+    with Image.open(SAMPLES / "palette_366x384.gif") as raw:
         assert raw.mode == "P" and "transparency" in raw.info
-    with Image.open(SAMPLES / "rgba_300x200.png") as raw:
+    with Image.open(SAMPLES / "rgba_189x576.png") as raw:
         assert raw.mode == "RGBA"
-    with Image.open(SAMPLES / "grayscale_320x240.png") as raw:
+    with Image.open(SAMPLES / "grayscale_372x186.png") as raw:
         assert raw.mode == "L"
-    rotated = decode_image((SAMPLES / "exif_rotated_320x480.jpg").read_bytes())
-    assert_close(rotated.getpixel((160, 5)), (220, 0, 0), tol=40)  # red bar on top
-    assert decode_image((SAMPLES / "rgba_300x200.png").read_bytes()).getpixel((0, 0)) == WHITE
+    # the transparent background composites to white
+    assert decode_image((SAMPLES / "rgba_189x576.png").read_bytes()).getpixel((0, 0)) == WHITE
+    assert decode_image((SAMPLES / "palette_366x384.gif").read_bytes()).getpixel((0, 0)) == WHITE
+
+
+def _pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def test_samples_are_held_out_scenes_on_every_grid_decoded_upright():
+    from pipeline.testbed.scenes import GRIDS, make_scene
+
+    generator = sample_generator()
+    samples = generator.pick_samples()
+    assert sorted(s.name for s in samples) == sorted(EXPECTED_SAMPLES)
+    assert {s.grid for s in samples} == set(GRIDS)
+    # no sample scene is in the evaluation set (seed 0, 48 scenes)
+    content = lambda scene: (scene.size, scene.shapes, scene.glyph)
+    assert not {content(s.scene) for s in samples} & {content(make_scene("heldout", 0, i)) for i in range(48)}
+    for sample in samples:
+        decoded = decode_image((SAMPLES / sample.name).read_bytes(), source=sample.name)
+        assert generator.grid_of((decoded.height, decoded.width)) == sample.grid, sample.name
+        expected = generator.enlarged(sample.scene)
+        if sample.name.startswith("grayscale"):
+            expected = expected.convert("L")
+        elif sample.name.startswith(("palette", "rgba")):  # the background was the transparent part
+            pixels = np.asarray(expected).copy()
+            pixels[np.all(pixels == sample.scene.background, axis=-1)] = WHITE
+            expected = Image.fromarray(pixels)
+        error = np.abs(_pixels(decoded) - _pixels(expected))
+        if sample.name.endswith((".png", ".gif")):
+            assert error.max() == 0, sample.name
+        else:
+            # lossy encoders stay within a few levels on average; the scene turned or flipped the
+            # wrong way is 20 or more off
+            assert error.mean() < 4, (sample.name, error.mean())
 
 
 # --------------------------------------------------------------------------- #

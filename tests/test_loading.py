@@ -10,8 +10,14 @@ import torch
 from hired_ops import DropConfig
 from pipeline.data.synthetic import random_image
 from pipeline.model.builtin import build_model, parse_builtin
+from pipeline.model.config import ModelConfig
 from pipeline.model.generation import GenerateOptions
-from pipeline.model.loading import ModelNotFoundError, load_model
+from pipeline.model.loading import (
+    DEFAULT_MODEL,
+    ModelNotFoundError,
+    load_image_processor,
+    load_model,
+)
 from pipeline.model.vlm import HiredVLM
 
 
@@ -24,6 +30,14 @@ def test_saved_model_loads_with_from_pretrained_and_answers_the_same(tiny_next, 
     ours = HiredVLM(model, processor, DropConfig(budget=0.2)).run([image], "Describe.", options)[0]
     theirs = HiredVLM(loaded, loaded_processor, DropConfig(budget=0.2)).run([image], "Describe.", options)[0]
     assert ours.text == theirs.text
+
+
+def test_default_model_is_the_shipped_testbed(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the weights are in the repository: nothing to download
+    assert DEFAULT_MODEL == ModelConfig().name == "hired/testbed-llava-next"
+    model, processor = load_model(dtype="float32")
+    assert model.config.vision_config.image_size == 64 and processor.image_processor.size == {"shortest_edge": 64}
+    assert load_image_processor().image_grid_pinpoints == model.config.image_grid_pinpoints
 
 
 def test_factory_is_deterministic_from_seed():

@@ -27,8 +27,8 @@ from pipeline.data.sources import list_inputs
 from pipeline.data.units import ROWS_PER_UNIT, plan_inputs, read_unit, repeated_ids
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "images"
-JPEG = (SAMPLES / "square_336x336.jpg").read_bytes()
-PNG = (SAMPLES / "grayscale_320x240.png").read_bytes()
+JPEG = (SAMPLES / "jpeg_321x345.jpg").read_bytes()
+PNG = (SAMPLES / "grayscale_372x186.png").read_bytes()
 
 
 def planned_rows(uri: str, **storage_options):

@@ -29,10 +29,11 @@ from pipeline.serve.config import ServeConfig
 from pipeline.serve.errors import ApiError
 from pipeline.serve.images import check_remote_url, decode_data_url
 from pipeline.serve.protocol import ChatCompletionRequest
+from tests.conftest import TINY_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 YAML_PATH = REPO / "cluster" / "serve" / "serve_config.yaml"
-MODEL = "hired/tiny-llava-next"
+MODEL = TINY_MODEL
 MAX_VISUAL = 2880  # LLaVA-NeXT: 5 partitions x 576
 KEY = "test-key"
 PROMPT = "What is in this image?"
@@ -128,7 +129,8 @@ def test_cli_flags_make_the_config(monkeypatch):
 
 
 def _parse(body: dict, **config) -> object:
-    return ChatCompletionRequest.parse(body).to_chat(ServeConfig.from_dict(config), MAX_VISUAL)
+    """``body`` as the tiny model's server reads it (requests name the model served)."""
+    return ChatCompletionRequest.parse(body).to_chat(ServeConfig.from_dict({"model": {"name": MODEL}, **config}), MAX_VISUAL)
 
 
 def test_parse_request_and_override():
@@ -273,7 +275,8 @@ def server(ray_local, image_host) -> str:
 
     args = yaml_args()
     args = args | {
-        "model": args["model"] | {"dtype": "float32"},  # answers are compared with the fp32 direct API
+        # the tiny model the direct API runs (the committed YAML serves the testbed), in fp32 like it
+        "model": args["model"] | {"name": MODEL, "dtype": "float32"},
         "api_key": KEY,
         "allowed_image_hosts": [image_host],
         "max_image_bytes": 500_000,

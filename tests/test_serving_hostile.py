@@ -30,7 +30,8 @@ POSITIONS = 4096  # the tiny model's max_position_embeddings
 
 
 def parse(body: dict, **config):
-    return ChatCompletionRequest.parse(body).to_chat(ServeConfig.from_dict(config), 2880)
+    """``body`` as the tiny model's server reads it (requests name the model served)."""
+    return ChatCompletionRequest.parse(body).to_chat(ServeConfig.from_dict({"model": {"name": MODEL}, **config}), 2880)
 
 
 # -- fast: the typed protocol ----------------------------------------------------------------------
@@ -175,7 +176,7 @@ def server(ray_local) -> str:
     from pipeline.serve.app import start
 
     config = ServeConfig.from_dict({
-        "model": {"dtype": "float32"},  # answers are compared with the fp32 model run in process
+        "model": {"name": MODEL, "dtype": "float32"},  # answers are compared with the fp32 model run in process
         "max_tokens_limit": LONG_LIMIT,
         "max_images_per_request": 2,
         "max_batch_size": 8,

@@ -29,8 +29,8 @@ from pipeline.data.storage import (
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "images"
 SAMPLE_NAMES = sorted(p.name for p in SAMPLES.iterdir())
-JPEG = (SAMPLES / "square_336x336.jpg").read_bytes()
-PNG = (SAMPLES / "grayscale_320x240.png").read_bytes()
+JPEG = (SAMPLES / "jpeg_321x345.jpg").read_bytes()
+PNG = (SAMPLES / "grayscale_372x186.png").read_bytes()
 
 
 def write(path: Path, data: bytes | str = JPEG) -> Path:
@@ -186,7 +186,7 @@ def test_parquet_manifest_with_ids_and_inline_bytes(tmp_path: Path):
     assert [r.id for r in rows] == ["7", "8"]
     assert rows[0].image_bytes == JPEG and rows[1].image_bytes == PNG
     assert rows[0].path == f"{manifest.as_uri()}#row=0"  # informational only
-    assert decode_image(rows[1].image_bytes).size == (320, 240)
+    assert decode_image(rows[1].image_bytes).size == (372, 186)
     assert rows[1].question == "q2"
 
 
@@ -339,8 +339,8 @@ def s3_bucket(s3_server):  # noqa: F811 - pytest fixture injection
             "manifests/vqa.jsonl": "\n".join(
                 json.dumps(r)
                 for r in [
-                    {"id": "r1", "image": "../imgs/square_336x336.jpg", "question": "How many shapes?", "answers": ["4"]},
-                    {"image": "/hired-sources-test/imgs/landscape_640x480.jpg", "prompt": "Describe."},
+                    {"id": "r1", "image": "../imgs/jpeg_321x345.jpg", "question": "How many shapes?", "answers": ["4"]},
+                    {"image": "/hired-sources-test/imgs/jpeg_384x192.jpg", "prompt": "Describe."},
                 ]
             ),
         },
@@ -357,7 +357,7 @@ def test_s3fs_honours_aws_endpoint_url_natively(s3_server, s3_bucket):  # noqa: 
 
     # No endpoint passed anywhere: botocore picks up AWS_ENDPOINT_URL by itself.
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
-    assert fs.cat_file(f"{s3_bucket}/imgs/square_336x336.jpg") == JPEG
+    assert fs.cat_file(f"{s3_bucket}/imgs/jpeg_321x345.jpg") == JPEG
     assert default_storage_options(f"s3://{s3_bucket}") == {"endpoint_url": s3_server.endpoint_url}
 
 
@@ -366,25 +366,25 @@ def test_s3_directory_listing_and_read_bytes(s3_bucket):
     assert [r.id for r in rows] == sorted(SAMPLE_NAMES + ["nested/again.jpg"])
     assert all(r.path == f"s3://{s3_bucket}/imgs/{r.id}" for r in rows)
     by_id = {r.id: r for r in rows}
-    image = decode_image(read_bytes(by_id["exif_rotated_320x480.jpg"].path), source="s3")
-    assert image.size == (320, 480)
+    image = decode_image(read_bytes(by_id["exif_rotated_192x543.jpg"].path), source="s3")
+    assert image.size == (192, 543)
     assert read_bytes(by_id["nested/again.jpg"].path) == JPEG
 
 
 def test_s3_glob_and_single_file(s3_bucket):
     rows = list_inputs(f"s3://{s3_bucket}/imgs/*.jpg")
-    assert [r.id for r in rows] == ["exif_rotated_320x480.jpg", "landscape_640x480.jpg", "square_336x336.jpg"]
+    assert [r.id for r in rows] == ["exif_rotated_192x543.jpg", "jpeg_321x345.jpg", "jpeg_384x192.jpg"]
     rows = list_inputs(f"s3://{s3_bucket}/imgs/**/*.jpg")
     assert "nested/again.jpg" in [r.id for r in rows]
-    (row,) = list_inputs(f"s3://{s3_bucket}/imgs/rgba_300x200.png")
-    assert row.id == "rgba_300x200.png" and row.path == f"s3://{s3_bucket}/imgs/rgba_300x200.png"
+    (row,) = list_inputs(f"s3://{s3_bucket}/imgs/rgba_189x576.png")
+    assert row.id == "rgba_189x576.png" and row.path == f"s3://{s3_bucket}/imgs/rgba_189x576.png"
 
 
 def test_s3_manifests_resolve_relative_paths_on_s3(s3_bucket):
     rows = list_inputs(f"s3://{s3_bucket}/manifests/vqa.jsonl")
-    assert rows[0].path == f"s3://{s3_bucket}/imgs/square_336x336.jpg"
+    assert rows[0].path == f"s3://{s3_bucket}/imgs/jpeg_321x345.jpg"
     assert rows[0].id == "r1" and rows[0].answers == ("4",)
-    assert rows[1].path == f"s3://{s3_bucket}/imgs/landscape_640x480.jpg"
+    assert rows[1].path == f"s3://{s3_bucket}/imgs/jpeg_384x192.jpg"
     assert read_bytes(rows[0].path) == JPEG
     (row,) = list_inputs(f"s3://{s3_bucket}/manifests/inline.parquet")
     assert row.image_bytes == PNG and row.prompt == "inline"
@@ -415,7 +415,7 @@ def http_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("www")
     for name in SAMPLE_NAMES:
         write(root / "img" / name, (SAMPLES / name).read_bytes())
-    write_jsonl(root / "lists" / "m.jsonl", [{"image": "../img/square_336x336.jpg", "prompt": "hi"}])
+    write_jsonl(root / "lists" / "m.jsonl", [{"image": "../img/jpeg_321x345.jpg", "prompt": "hi"}])
 
     class QuietHandler(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args):  # keep test output clean
@@ -434,11 +434,11 @@ def http_root(tmp_path_factory):
 
 
 def test_http_single_file_and_manifest(http_root: str):
-    (row,) = list_inputs(f"{http_root}/img/square_336x336.jpg")
-    assert row.id == "square_336x336.jpg" and row.path == f"{http_root}/img/square_336x336.jpg"
+    (row,) = list_inputs(f"{http_root}/img/jpeg_321x345.jpg")
+    assert row.id == "jpeg_321x345.jpg" and row.path == f"{http_root}/img/jpeg_321x345.jpg"
     assert read_bytes(row.path) == JPEG
     (row,) = list_inputs(f"{http_root}/lists/m.jsonl")
-    assert row.path == f"{http_root}/img/square_336x336.jpg" and row.prompt == "hi"
+    assert row.path == f"{http_root}/img/jpeg_321x345.jpg" and row.prompt == "hi"
     assert_input_error(f"{http_root}/img/missing.jpg", "does not exist")
 
 

@@ -27,6 +27,7 @@ from hired_ops import DropConfig
 from jobs import compare
 from pipeline.batch.config import JobConfig
 from pipeline.batch.schema import OUTPUT_COLUMNS, OUTPUT_SCHEMA
+from pipeline.model.config import ModelConfig
 from pipeline.model.vlm import HiredVLM
 from pipeline.tracking.figures import (
     draw_kept_patches,
@@ -53,6 +54,7 @@ from pipeline.tracking.runs import (
     package_version,
     start_job_run,
 )
+from tests.conftest import TINY_MODEL
 from tests.mlflow_server import mlflow_server  # noqa: F401  (a loopback server per module)
 
 MIB = 2**20
@@ -64,7 +66,7 @@ ACTOR_STATS = [
     {"actor": "llm-0", "peak_accelerator_bytes": 5 * MIB, "peak_host_bytes": 700 * MIB},
 ]
 JOB_PARAMS = {
-    "model": "hired/tiny-llava-next",
+    "model": TINY_MODEL,
     "method": "hired",
     "budget": "0.2",
     "alpha": 0.5,
@@ -477,7 +479,9 @@ def compared_runs(job_output, tmp_path_factory):
         # JobConfig.to_params() logs them now: compare must line both up
         params = {**JOB_PARAMS, "method": method, "budget": budget, "task": "vqa"}
         if name == COMPARED[-1][0]:
-            job = JobConfig(input="in", output="out", drop=DropConfig(method=method, budget=budget))
+            job = JobConfig(
+                input="in", output="out", model=ModelConfig(name=TINY_MODEL), drop=DropConfig(method=method, budget=budget)
+            )
             params = {**job.to_params(), "task": "vqa"}
         with start_job_run(config, params) as run:
             log_job_results(run, table, wall_s, ACTOR_STATS, {}, (), {"vqa_accuracy": accuracy})
@@ -584,7 +588,7 @@ def test_caption_job_run_matches_its_parquet_output(backend, tmp_path, ray_local
     out = tmp_path / "captions"
     samples = Path(__file__).resolve().parents[1] / "samples" / "images"
     code = main([
-        "caption", str(samples), "--output", str(out), "--tracking-uri", uri, "--experiment", "e2e",
+        "caption", str(samples), "--output", str(out), "--model", TINY_MODEL, "--tracking-uri", uri, "--experiment", "e2e",
         "--run-name", "caption-e2e", "--max-new-tokens", "4", "--budget", "300",
     ])  # fmt: skip
     assert code == 0

@@ -45,6 +45,7 @@ from pipeline.tracking.runs import (
     TrackingConfig,
     start_job_run,
 )
+from tests.conftest import TINY_MODEL
 from tests.mlflow_server import mlflow_server  # noqa: F401  (a loopback server per module)
 from tests.test_tracking import JOB_PARAMS, empty_row
 
@@ -297,7 +298,8 @@ def test_old_and_new_runs_line_up_in_compare(mlflow_server, tmp_path, capsys):  
 
 def caption_argv(uri: str, out: Path, pool: int, name: str | None = None) -> list[str]:
     argv = [
-        "caption", str(SAMPLES / "images"), "--output", str(out), "--tracking-uri", uri, "--experiment", "pools",
+        "caption", str(SAMPLES / "images"), "--output", str(out), "--model", TINY_MODEL,
+        "--tracking-uri", uri, "--experiment", "pools",
         "--max-new-tokens", "2", "--budget", "0.2", "--vision-pool-size", str(pool),
         "--vision-batch-size", "2", "--llm-batch-size", "2", "--decode-batch-size", "2", "--live-interval-s", "0.05",
     ]  # fmt: skip

@@ -19,7 +19,8 @@ class ModelConfig:
     """The model and its placement. Validated at construction.
 
     Attributes:
-        name: built-in name (hired/tiny-llava-next), checkpoint directory or hub id.
+        name: built-in name (hired/testbed-llava-next, trained here; hired/tiny-llava-next and the
+            other hired/* models have random weights), checkpoint directory or hub id.
         device: auto (CUDA when present, else the CPU), cpu, cuda, cuda:1, ...
         dtype: auto (bf16 or fp16 on GPUs, bf16 on CPUs with native bf16 (AMX or AVX512-BF16),
             else fp32), float32, float16 or bfloat16.

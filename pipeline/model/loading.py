@@ -10,11 +10,13 @@ import torch
 
 from .builtin import build_image_processor, build_model, parse_builtin
 
-DEFAULT_MODEL = "hired/tiny-llava-next"
 # built-in names of checkpoints trained here and shipped in the repository; they load like any
 # saved checkpoint directory
 TESTBED_MODEL = "hired/testbed-llava-next"
 SHIPPED = {TESTBED_MODEL: Path(__file__).resolve().parents[1] / "testbed" / "weights"}
+# the trained testbed rather than a random built-in, so that a bare command gives real answers on
+# the bundled samples (scenes of the kind it was trained on)
+DEFAULT_MODEL = TESTBED_MODEL
 
 
 def _shipped_or(name: str) -> str:
@@ -76,8 +78,9 @@ def load_model(
 ):
     """``(model, processor)`` for ``name``, on ``device`` in ``dtype``, in eval mode.
 
-    ``name`` is a built-in (``hired/tiny-llava-next``, ``hired/bench-llava``, ...), a directory
-    saved with ``save_pretrained``, or a hub id (needs network or the local hub cache). ``half``
+    ``name`` is a built-in (the default ``hired/testbed-llava-next``, trained here; the random
+    ``hired/tiny-llava-next``, ``hired/bench-llava-next``, ...), a directory saved with
+    ``save_pretrained``, or a hub id (needs network or the local hub cache). ``half``
     ("vision" or "language") keeps only that half (see :func:`keep_half`), released before the
     model moves to the device so the accelerator never holds the other half.
     """
@@ -103,8 +106,8 @@ def load_model(
     except OSError as error:
         offline = os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True")
         raise ModelNotFoundError(
-            f"cannot load model {name!r}: it is neither a built-in (hired/tiny-llava-next, ...), nor a "
-            "local directory, nor in the Hugging Face cache"
+            f"cannot load model {name!r}: it is neither a built-in (hired/testbed-llava-next, "
+            "hired/tiny-llava-next, ...), nor a local directory, nor in the Hugging Face cache"
             + (" (HF_HUB_OFFLINE is set, so the hub was not asked)" if offline else "")
             + ". Download it with `huggingface-cli download` on a machine with network access, "
             "or pass a local path."

@@ -1,13 +1,13 @@
 """Write the held-out evaluation set: scenes as PNG files and vqa, mcq and pope jsonl manifests.
 
-``python -m pipeline.testbed.make_eval_set [--out samples/eval-testbed] [--scenes 48]``
+``python -m pipeline.testbed.make_eval_set [--out samples/eval] [--scenes 48]``
 
 Scenes come from the "heldout" split only (never used for training or tuning). Each scene is
 asked ``QUESTIONS_PER_SCENE`` questions per task, so 48 scenes give 144 questions per task while
 the images stay few and small. Question kinds rotate over the scenes so each kind is about equally
 frequent; POPE questions alternate yes/no and the "no" ones rotate over the random, popular and
 adversarial negatives. The kind is part of each row's id (``vqa-glyph-007``, ``pope-popular-012``).
-Columns are those of ``samples/eval/*.jsonl``.
+The columns are described in ``samples/eval/README.md``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from . import questions as q
 from .scenes import make_scene, render
 
-DEFAULT_OUT = Path(__file__).resolve().parents[2] / "samples" / "eval-testbed"
+DEFAULT_OUT = Path(__file__).resolve().parents[2] / "samples" / "eval"
 EVAL_SEED = 0
 QUESTIONS_PER_SCENE = 3
 VQA_ANSWERS = 10  # VQA-style rows carry ten human answers; here all agree

@@ -1,5 +1,5 @@
-"""Run names that say what ran: ``caption · hired 20% · tiny-llava-next``,
-``evaluate vqa · divprune 10% · tiny-llava-next``.
+"""Run names that say what ran: ``caption · hired 20% · testbed-llava-next``,
+``evaluate vqa · divprune 10% · testbed-llava-next``.
 
 MLflow's own names (``indecisive-hawk-245``) say nothing in a list of runs; these put the kind of
 job, the method and budget, and the model's short name where the eye looks first. A name the
