@@ -7,7 +7,7 @@ row, features from ``hidden_states[-2]`` with the "default" strategy (CLS kept o
 features, but present in the tower, so HiRED can read its attention).
 
 The tokenizer is a byte-level BPE trained offline on the generator's own text, with the chat
-template of :mod:`pipeline.model_factory`.
+template of :mod:`pipeline.model.builtin`.
 """
 
 from __future__ import annotations

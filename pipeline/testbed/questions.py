@@ -11,9 +11,9 @@ kinds (``QA.kind``):
 * ``presence``: POPE-style "Is there a red circle in the image?" with ``random``, ``popular``
   and ``adversarial`` negatives (absent objects that are frequent overall, or that share a
   colour or shape with an object in the scene)
-* ``caption``: "Describe the image briefly." -> every object, left to right.
+* ``caption``: the caption job's default prompt -> every object, left to right.
 
-The three evaluation tasks of :mod:`pipeline.scoring` are fed as: ``vqa`` (color, shape, count,
+The three evaluation tasks of :mod:`pipeline.experiments.tasks` are fed as: ``vqa`` (color, shape, count,
 glyph, position), ``multiple_choice`` (the same kinds with lettered choices) and ``pope``.
 """
 

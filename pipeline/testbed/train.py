@@ -130,7 +130,7 @@ def encode_conversation(processor, image, turns: list[q.QA]) -> dict[str, torch.
 
     The first user turn goes through the processor (which expands ``<image>`` to the image's
     token count); every later segment is tokenised on its own, so the prompt of each turn is
-    tokenised exactly as :class:`pipeline.engine.HiredVLM` tokenises a single question.
+    tokenised exactly as :class:`pipeline.model.vlm.HiredVLM` tokenises a single question.
 
     Returns ``input_ids`` and ``labels`` ``(T,)``, ``pixel_values`` ``(P, 3, 64, 64)``,
     ``image_sizes`` ``(2,)``.
