@@ -88,8 +88,8 @@ def measure(input: str, output: str, limit: int | None) -> dict:
 def run_one(input: str, limit: int | None, workdir: Path) -> dict:
     output = tempfile.mkdtemp(prefix="out-", dir=workdir)
     command = [sys.executable, __file__, "--one", input, "--output", output]
-    if limit is not None:
-        command += ["--limit", str(limit)]
+    # always explicit: the child's own --limit default would otherwise cap a full run
+    command += ["--limit", "none" if limit is None else str(limit)]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "RAY_ADDRESS": ""})
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-3000:])
@@ -98,8 +98,8 @@ def run_one(input: str, limit: int | None, workdir: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000, 100000])
-    parser.add_argument("--limit", type=int, default=500)
+    parser.add_argument("--sizes", type=int, nargs="*", default=[2000, 20000, 100000])
+    parser.add_argument("--limit", type=lambda text: None if text == "none" else int(text), default=500)
     parser.add_argument("--full", type=int, nargs="*", default=[2000, 10000])
     parser.add_argument("--image-bytes", type=int, default=50_000)
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "hired-driver-memory")

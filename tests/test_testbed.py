@@ -162,7 +162,7 @@ def test_training_is_reproducible_and_saves_a_loadable_checkpoint(tmp_path):
     model = LlavaNextForConditionalGeneration.from_pretrained(first)
     processor = AutoProcessor.from_pretrained(first)
     assert model.config.vision_config.image_size == 64 and model.config.vision_config.patch_size == 8
-    assert model.config.image_grid_pinpoints == PINPOINTS
+    assert sorted(model.config.image_grid_pinpoints) == sorted(PINPOINTS)
     assert processor.tokenizer.vocab_size <= model.config.text_config.vocab_size
     # the shipped checkpoint is this code's output at the default schedule: same tensors
     shipped = load_file(WEIGHTS_DIR / "model.safetensors")
