@@ -167,3 +167,26 @@ def test_training_is_reproducible_and_saves_a_loadable_checkpoint(tmp_path):
     # the shipped checkpoint is this code's output at the default schedule: same tensors
     shipped = load_file(WEIGHTS_DIR / "model.safetensors")
     assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in shipped.items()}
+
+
+def test_evaluate_command_writes_the_table_csv_and_kept_patch_sheets(tmp_path, capsys):
+    """The command docs/benchmarks.md runs, on a few rows: one table row per setting plus chance,
+    one CSV row per setting and task, one sheet per scene with a panel per setting."""
+    import csv
+
+    from PIL import Image
+
+    from pipeline.testbed.evaluate import main
+
+    assert main(["--limit", "2", "--methods", "full,hired", "--budgets", "0.2", "--csv", str(tmp_path / "t.csv"),
+                 "--figures", str(tmp_path / "fig"), "--scenes", "1", "--threads", "1"]) == 0
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert [line.split(" | ")[0] for line in table[1:]] == ["| Full", "| HiRED 20%", "| chance"]
+    rows = list(csv.DictReader((tmp_path / "t.csv").open()))
+    assert [(r["setting"], r["task"]) for r in rows] == [
+        (s, t) for s in ("full", "hired-0.2") for t in ("vqa", "multiple_choice", "pope")
+    ]
+    assert {float(r["tokens"]) for r in rows if r["setting"] == "hired-0.2"} == {64.0}
+    (sheet,) = (tmp_path / "fig").iterdir()
+    with Image.open(sheet) as image:
+        assert image.height > 2 * image.width / 3  # two panels stacked

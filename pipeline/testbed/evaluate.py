@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.experiments.settings import csv_text
 
         rows = [{"setting": r.setting.name, "task": r.task, "tokens": r.tokens, **r.metrics} for r in results]
-        args.csv.write_text(csv_text([{k: row.get(k, "") for k in dict.fromkeys(k for r in rows for k in r)} for row in rows]))
+        columns = list(dict.fromkeys(key for row in rows for key in row))  # tasks report different metrics
+        args.csv.write_text(csv_text([{key: row.get(key, "") for key in columns} for row in rows]))
     if args.figures:
         args.figures.mkdir(parents=True, exist_ok=True)
         for path in list(dict.fromkeys(row["image"] for row in load_rows(args.eval_dir, "vqa")))[: args.scenes]:
