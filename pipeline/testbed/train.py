@@ -65,7 +65,7 @@ class TestbedTrainConfig:
 
     Attributes:
         seed: seeds the tokenizer corpus, the weights, and the training scenes.
-        cls_steps: optimiser steps of stage 0 (the tower's CLS objective).
+        cls_steps: optimiser steps of stage 0 (the tower's CLS and patch objectives).
         caption_steps: optimiser steps of stage 1 (captions, tower frozen).
         instruct_steps: optimiser steps of stage 2 (conversations, everything trained).
         batch_size: scenes per step.
