@@ -40,6 +40,7 @@ from tqdm import tqdm
 from hired_ops import VisionGeometry, vision_tower
 from pipeline.experiments.tasks import get_task
 from pipeline.model.loading import SHIPPED, TESTBED_MODEL
+from pipeline.tracking.figures import partition_pixels
 
 from . import questions as q
 from .architecture import (
@@ -200,20 +201,12 @@ def patch_targets(scene: Scene, geometry: VisionGeometry) -> torch.Tensor:
     """``(P * side * side, len(CLS_LABELS))`` 0/1 targets, patches of each partition in raster
     order: the object covering the most of a patch's pixels, if it covers a quarter of them.
 
-    The label map is cut exactly as the processor cuts the image (full image squashed to one
-    tile; sub-images from the aspect-preserving resize centred on the canvas), with nearest
+    The label map is cut as the processor cuts the image (:func:`partition_pixels`), with nearest
     resampling so object ids never blend.
     """
     layout = geometry.layout(scene.size)
-    tile, side, patch = layout.tile, layout.side, layout.tile // layout.side
-    ids = label_map(scene)
-    top, left, new_h, new_w = layout.content_box
-    canvas = Image.new("L", (layout.canvas[1], layout.canvas[0]), 0)
-    canvas.paste(ids.resize((new_w, new_h), Image.NEAREST), (left, top))
-    full = np.asarray(ids.resize((tile, tile), Image.NEAREST))
-    grid = np.asarray(canvas)
-    rows, cols = layout.grid
-    tiles = [full] + [grid[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] for r in range(rows) for c in range(cols)]
+    side, patch = layout.side, layout.tile // layout.side
+    tiles = partition_pixels(label_map(scene), layout, Image.NEAREST)
     # (P, side, side, patch * patch): each patch's pixels on the last axis
     pixels = np.stack(tiles).reshape(len(tiles), side, patch, side, patch).transpose(0, 1, 3, 2, 4)
     pixels = pixels.reshape(len(tiles) * side * side, patch * patch)

@@ -88,18 +88,23 @@ def resolve_layout(
     return layout
 
 
-def partition_pixels(image: Image.Image, layout: PartitionLayout) -> list[np.ndarray]:
+def partition_pixels(image: Image.Image, layout: PartitionLayout, resample: int = Image.BICUBIC) -> list[np.ndarray]:
     """``(tile, tile, 3)`` uint8 pixels of every partition, full image first, as the processor cuts
-    them (before normalisation)."""
-    rgb = image.convert("RGB")
+    them (before normalisation).
+
+    A mode-L image keeps its one channel (``(tile, tile)`` arrays); with ``resample=Image.NEAREST``
+    that cuts a label map (an object id per pixel) without blending ids, so each patch's labels
+    are exactly the pixels the tower sees for it.
+    """
+    source = image if image.mode == "L" else image.convert("RGB")
     tile = layout.tile
     if not layout.anyres:
-        return [_resize_and_centre_crop(rgb, tile)]
-    tiles = [np.asarray(rgb.resize((tile, tile), Image.BICUBIC))]
+        return [_resize_and_centre_crop(source, tile, resample)]
+    tiles = [np.asarray(source.resize((tile, tile), resample))]
     rows, cols = layout.grid
     top, left, new_h, new_w = layout.content_box
-    canvas = Image.new("RGB", (layout.canvas[1], layout.canvas[0]), (0, 0, 0))
-    canvas.paste(rgb.resize((new_w, new_h), Image.BICUBIC), (left, top))
+    canvas = Image.new(source.mode, (layout.canvas[1], layout.canvas[0]), 0)
+    canvas.paste(source.resize((new_w, new_h), resample), (left, top))
     pixels = np.asarray(canvas)
     for r in range(rows):
         for c in range(cols):
@@ -107,13 +112,13 @@ def partition_pixels(image: Image.Image, layout: PartitionLayout) -> list[np.nda
     return tiles
 
 
-def _resize_and_centre_crop(image: Image.Image, tile: int) -> np.ndarray:
+def _resize_and_centre_crop(image: Image.Image, tile: int, resample: int) -> np.ndarray:
     """CLIP preprocessing: shortest edge to ``tile`` (the other scaled and truncated), centre crop."""
     short, long = sorted(image.size)
     scaled = int(tile * long / short)
     width, height = (tile, scaled) if image.width <= image.height else (scaled, tile)
     top, left = (height - tile) // 2, (width - tile) // 2
-    resized = image.resize((width, height), Image.BICUBIC)
+    resized = image.resize((width, height), resample)
     return np.asarray(resized)[top : top + tile, left : left + tile]
 
 
