@@ -93,11 +93,9 @@ def evaluate_task(
 
 
 def load_vlm(model_dir: Path) -> HiredVLM:
-    """The checkpoint in ``model_dir`` as a :class:`HiredVLM` (CPU, fp32, eval mode)."""
-    from transformers import AutoProcessor, LlavaNextForConditionalGeneration
-
-    model = LlavaNextForConditionalGeneration.from_pretrained(model_dir).eval()
-    return HiredVLM(model, AutoProcessor.from_pretrained(model_dir))
+    """The checkpoint in ``model_dir`` as a :class:`HiredVLM` on the CPU in fp32 (not the
+    job's ``auto``: this model is trained in fp32, see docs/testbed.md)."""
+    return HiredVLM.from_pretrained(str(model_dir), device="cpu", dtype="float32")
 
 
 def evaluate(vlm: HiredVLM, eval_dir: Path, settings: Sequence[Setting], limit: int | None = None, on_result=None) -> list[TaskResult]:
