@@ -91,7 +91,7 @@ def main() -> None:
     # Ray's own CPU count and the pools' default resources: what `hired caption` gets
     ray.init(include_dashboard=False, log_to_driver=False, _temp_dir="/tmp/hired-ray")
     work = Path(tempfile.mkdtemp(prefix="hired-bench-"))
-    model_dir = str(save_model(work / "model", "llava-next", args.size))
+    model_dir = str(save_model(work / "model", "llava-next", args.size, dtype=torch.bfloat16))
     small = work / "images"
     make_images(small, args.images)
 

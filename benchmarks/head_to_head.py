@@ -250,7 +250,7 @@ def main() -> None:
     if not args.skip_processes:
         if args.model != "bench":
             raise SystemExit("(a) runs the saved bench model; pass --skip-processes with --model 7b")
-        model_dir = str(save_model(work / "model", "llava-next", "bench"))
+        model_dir = str(save_model(work / "model", "llava-next", "bench", dtype=torch.bfloat16))
         result["a_whole_processes"] = whole_processes(args, model_dir, folders, work, dtype)
         print(json.dumps({"a_whole_processes": result["a_whole_processes"]}), flush=True)  # in case (b) is cut short
     model, processor = load_model(f"hired/{args.model}-llava-next", device=str(device))

@@ -40,6 +40,17 @@ def test_default_model_is_the_shipped_testbed(monkeypatch):
     assert load_image_processor().image_grid_pinpoints == model.config.image_grid_pinpoints
 
 
+def test_auto_dtype_follows_the_checkpoint(tmp_path):
+    from pipeline.model.builtin import save_model
+    from pipeline.model.loading import pick_dtype
+
+    testbed, _ = load_model(device="cpu")  # saved in fp32: kept in fp32 however fast bf16 would be
+    assert testbed.dtype == torch.float32
+    half = save_model(tmp_path / "bf16", "llava-next", "tiny", dtype=torch.bfloat16)
+    model, _ = load_model(str(half), device="cpu")
+    assert model.dtype == pick_dtype(torch.device("cpu"))  # the device's fast path: bf16 where native
+
+
 def test_factory_is_deterministic_from_seed():
     a, _ = build_model("llava", "tiny", seed=3)
     b, _ = build_model("llava", "tiny", seed=3)

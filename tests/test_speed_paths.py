@@ -107,6 +107,16 @@ def test_auto_dtype_on_the_cpu_follows_the_flags(flags, expected):
     assert pick_dtype(torch.device("cpu"), "float32", frozenset(flags)) == torch.float32
 
 
+@pytest.mark.parametrize("flags", [{"avx2", "avx512_bf16"}, {"avx2"}])
+def test_auto_dtype_keeps_an_fp32_checkpoint_in_fp32(flags):
+    cpu = torch.device("cpu")
+    assert pick_dtype(cpu, "auto", frozenset(flags), saved=torch.float32) == torch.float32
+    # a half-precision checkpoint (as LLaVA-NeXT releases are saved) still takes the device's fast path
+    for saved in (torch.bfloat16, torch.float16, None):
+        assert pick_dtype(cpu, "auto", frozenset(flags), saved=saved) == pick_dtype(cpu, "auto", frozenset(flags))
+    assert pick_dtype(cpu, "bfloat16", frozenset(flags), saved=torch.float32) == torch.bfloat16
+
+
 def test_cpu_flags_reads_the_kernel_list(tmp_path):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512_bf16\n\nflags\t: other\n")

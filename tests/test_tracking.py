@@ -331,6 +331,17 @@ def test_draw_kept_patches_for_a_single_partition_model(tiny_llava, tmp_path):
 # runs in MLflow
 
 
+def test_metric_names_from_setting_names_are_accepted_by_mlflow(tmp_path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with start_job_run(TrackingConfig(tracking_uri=uri, experiment="names"), {}) as run:
+        # what a sweep's parent logs for PruMerge+ (MLflow refused "+" and failed the whole sweep)
+        run.log_metrics({"accuracy.prumerge+": 0.5, "f1.hired-0.2": 0.25, "odd name?": 1.0})
+    metrics = MlflowClient(uri).get_run(run.run_id).data.metrics
+    assert metrics == {"accuracy.prumerge_plus": 0.5, "f1.hired-0.2": 0.25, "odd name_": 1.0}
+
+
 def test_job_run_records_params_metrics_and_artifacts(backend, job_output, tmp_path):
     from mlflow import MlflowClient
 

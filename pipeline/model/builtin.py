@@ -248,10 +248,14 @@ def build_model(
     return model, build_processor(kind, tokenizer)
 
 
-def save_model(path: str | Path, kind: str = "llava-next", size: str = "tiny", seed: int = 0) -> Path:
-    """Build and save a model and its processor where ``from_pretrained(path)`` finds them."""
+def save_model(
+    path: str | Path, kind: str = "llava-next", size: str = "tiny", seed: int = 0, dtype: torch.dtype | None = None
+) -> Path:
+    """Build and save a model and its processor where ``from_pretrained(path)`` finds them, in
+    ``dtype`` (default: as built, fp32). The benchmarks save theirs in bf16, as released
+    LLaVA-NeXT checkpoints are saved in half precision, so that dtype "auto" treats them alike."""
     path = Path(path)
     model, processor = build_model(kind, size, seed)
-    model.save_pretrained(path)
+    model.to(dtype or model.dtype).save_pretrained(path)
     processor.save_pretrained(path)
     return path

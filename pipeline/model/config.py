@@ -22,8 +22,9 @@ class ModelConfig:
         name: built-in name (hired/testbed-llava-next, trained here; hired/tiny-llava-next and the
             other hired/* models have random weights), checkpoint directory or hub id.
         device: auto (CUDA when present, else the CPU), cpu, cuda, cuda:1, ...
-        dtype: auto (bf16 or fp16 on GPUs, bf16 on CPUs with native bf16 (AMX or AVX512-BF16),
-            else fp32), float32, float16 or bfloat16.
+        dtype: auto (fp32 for a checkpoint saved in fp32, such as the testbed; otherwise bf16 or
+            fp16 on GPUs, bf16 on CPUs with native bf16 (AMX or AVX512-BF16), else fp32),
+            float32, float16 or bfloat16.
         transfer_dtype: dtype of the kept features handed from the vision half to the LLM half
             (float16 halves the bytes; float32 keeps them exact).
         torch_threads: intra-op threads per actor or replica (default: its CPUs, at least one).

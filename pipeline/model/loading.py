@@ -53,20 +53,42 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
     return frozenset()
 
 
-def pick_dtype(device: torch.device, dtype: str | None = None, flags: frozenset[str] | None = None) -> torch.dtype:
-    """``dtype`` if given; else the fastest precision the device runs natively: bf16 on GPUs
-    that support it (fp16 on older ones), bf16 on CPUs whose ``flags`` (default: this machine's)
-    include native bf16 matmuls, fp32 on other CPUs, where bf16 is emulated and slower."""
+def pick_dtype(
+    device: torch.device,
+    dtype: str | None = None,
+    flags: frozenset[str] | None = None,
+    saved: torch.dtype | None = None,
+) -> torch.dtype:
+    """``dtype`` if given; else fp32 for a checkpoint ``saved`` in fp32, and otherwise the fastest
+    precision the device runs natively: bf16 on GPUs that support it (fp16 on older ones), bf16
+    on CPUs whose ``flags`` (default: this machine's) include native bf16 matmuls, fp32 on other
+    CPUs, where bf16 is emulated and slower.
+
+    "auto" never runs a checkpoint below the precision it was saved in (transformers' own "auto"
+    is the saved dtype): an fp32 checkpoint was trained or checked in fp32, and the shipped
+    testbed, for one, loses its answers in bf16 once tokens are dropped (docs/testbed.md).
+    Released LLaVA-NeXT checkpoints are saved in half precision, so they still get the fast path.
+    """
     if dtype and dtype != "auto":
         try:
             return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
         except KeyError:
             raise ValueError(f"dtype must be auto, float32, float16 or bfloat16, got {dtype!r}") from None
+    if saved == torch.float32:
+        return torch.float32
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "cpu" and NATIVE_BF16_FLAGS & (cpu_flags() if flags is None else flags):
         return torch.bfloat16
     return torch.float32
+
+
+def saved_dtype(config) -> torch.dtype | None:
+    """The dtype a checkpoint's ``config`` says its weights were saved in, if it says one."""
+    saved = getattr(config, "dtype", None)
+    if isinstance(saved, str):
+        saved = getattr(torch, saved, None)
+    return saved if isinstance(saved, torch.dtype) else None
 
 
 def load_model(
@@ -85,24 +107,23 @@ def load_model(
     model moves to the device so the accelerator never holds the other half.
     """
     target = pick_device(device)
-    torch_dtype = pick_dtype(target, dtype)
     name = _shipped_or(name)
     builtin = parse_builtin(name)
     if builtin is not None:
-        model, processor = build_model(*builtin, seed=seed, dtype=torch_dtype, device=target)
+        model, processor = build_model(*builtin, seed=seed, dtype=pick_dtype(target, dtype), device=target)
         if half is not None:
             keep_half(model, half)
         return model.to(target), processor
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
     local = Path(name).expanduser()
     if local.exists() and not (local / "config.json").exists():
         raise ModelNotFoundError(f"model directory {name!r} has no config.json: point --model at a saved checkpoint")
+    source = str(local) if local.exists() else name
     try:
-        processor = AutoProcessor.from_pretrained(str(local) if local.exists() else name)
-        model = AutoModelForImageTextToText.from_pretrained(
-            str(local) if local.exists() else name, dtype=torch_dtype
-        )
+        processor = AutoProcessor.from_pretrained(source)
+        torch_dtype = pick_dtype(target, dtype, saved=saved_dtype(AutoConfig.from_pretrained(source)))
+        model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch_dtype)
     except OSError as error:
         offline = os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True")
         raise ModelNotFoundError(

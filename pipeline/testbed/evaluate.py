@@ -8,7 +8,8 @@ chance as the last row; ``--figures`` also draws each setting's kept patches on 
 The same engine as the jobs (:class:`pipeline.model.vlm.HiredVLM`, greedy decoding) without Ray,
 in fp32: a sweep of dozens of settings runs in minutes, and each image is encoded once per setting
 and reused by every question about it. ``hired evaluate`` runs the same settings through the
-dataset job instead, one Ray job per setting (in the job's dtype, bf16 on CPUs that have it).
+dataset job instead, one Ray job per setting, and gives the same scores (its dtype ``auto`` keeps
+an fp32 checkpoint in fp32).
 """
 
 from __future__ import annotations
@@ -93,8 +94,8 @@ def evaluate_task(
 
 
 def load_vlm(model_dir: Path) -> HiredVLM:
-    """The checkpoint in ``model_dir`` as a :class:`HiredVLM` on the CPU in fp32 (not the
-    job's ``auto``: this model is trained in fp32, see docs/testbed.md)."""
+    """The checkpoint in ``model_dir`` as a :class:`HiredVLM` on the CPU in fp32 (what ``auto``
+    gives an fp32 checkpoint; pinned so that one saved in half precision is scored in fp32 too)."""
     return HiredVLM.from_pretrained(str(model_dir), device="cpu", dtype="float32")
 
 

@@ -8,6 +8,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -127,6 +128,17 @@ def open_client(config: TrackingConfig, must_exist: bool = False) -> MlflowClien
     return MlflowClient(config.tracking_uri)
 
 
+# MLflow rejects metric names with characters other than these; setting names such as "prumerge+"
+# end up in metric names (the sweep's parent logs ``accuracy.prumerge+``)
+_METRIC_UNSAFE = re.compile(r"[^\w\-. :/]")
+
+
+def metric_key(name: str) -> str:
+    """``name`` as a metric name MLflow accepts: ``+`` spelled ``_plus``, other characters it
+    rejects as ``_`` (``accuracy.prumerge+`` -> ``accuracy.prumerge_plus``)."""
+    return _METRIC_UNSAFE.sub("_", name.replace("+", "_plus"))
+
+
 @dataclass(frozen=True)
 class JobRun:
     """The active run a job logs to. With tracking disabled every method does nothing.
@@ -181,7 +193,7 @@ class JobRun:
         from mlflow.utils.validation import MAX_METRICS_PER_BATCH
 
         now = int(time.time() * 1000)
-        entries = [Metric(key, float(value), now, step) for metrics, step in steps for key, value in metrics.items()]
+        entries = [Metric(metric_key(key), float(value), now, step) for metrics, step in steps for key, value in metrics.items()]
         for start in range(0, len(entries), MAX_METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=entries[start : start + MAX_METRICS_PER_BATCH])
 
