@@ -122,8 +122,9 @@ def load_model(
     source = str(local) if local.exists() else name
     try:
         processor = AutoProcessor.from_pretrained(source)
-        torch_dtype = pick_dtype(target, dtype, saved=saved_dtype(AutoConfig.from_pretrained(source)))
-        model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch_dtype)
+        config = AutoConfig.from_pretrained(source)
+        torch_dtype = pick_dtype(target, dtype, saved=saved_dtype(config))
+        model = AutoModelForImageTextToText.from_pretrained(source, config=config, dtype=torch_dtype)
     except OSError as error:
         offline = os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True")
         raise ModelNotFoundError(

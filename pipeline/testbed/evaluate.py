@@ -74,22 +74,34 @@ def chance(task: str, rows: list[dict]) -> float:
 
 
 def evaluate_task(
-    vlm: HiredVLM, task: str, rows: list[dict], eval_dir: Path, setting: Setting, batch_size: int = 16
+    vlm: HiredVLM,
+    task: str,
+    rows: list[dict],
+    eval_dir: Path,
+    setting: Setting,
+    batch_size: int = 16,
+    encoded: dict | None = None,
 ) -> TaskResult:
-    """Answer every row under ``setting`` and score the replies with the task's metric."""
+    """Answer every row under ``setting`` and score the replies with the task's metric.
+
+    ``encoded`` (image path -> its encoding under ``setting``) is filled as images are encoded
+    and reused when given: the three manifests ask about the same scenes.
+    """
     spec = get_task(task)
     drop = setting.apply(DropConfig())
-    encoded = {}
+    encoded = {} if encoded is None else encoded
     for path in dict.fromkeys(row["image"] for row in rows):
-        with Image.open(Path(eval_dir) / path) as image:
-            encoded[path] = vlm.encode([image.convert("RGB")], drop)[0]
+        if path not in encoded:
+            with Image.open(Path(eval_dir) / path) as image:
+                encoded[path] = vlm.encode([image.convert("RGB")], drop)[0]
     predictions: list[str] = []
     for start in range(0, len(rows), batch_size):
         batch = rows[start : start + batch_size]
         generations = vlm.generate([encoded[row["image"]] for row in batch], [spec.build_prompt(row) for row in batch], OPTIONS)
         predictions += [g.text for g in generations]
     scores = [spec.score(p, row) for p, row in zip(predictions, rows)]
-    tokens = sum(e.num_tokens for e in encoded.values()) / len(encoded)
+    images = dict.fromkeys(row["image"] for row in rows)
+    tokens = sum(encoded[path].num_tokens for path in images) / len(images)
     return TaskResult(task, setting, aggregate(spec, scores, predictions, rows), predictions, tokens)
 
 
@@ -102,10 +114,12 @@ def load_vlm(model_dir: Path) -> HiredVLM:
 def evaluate(vlm: HiredVLM, eval_dir: Path, settings: Sequence[Setting], limit: int | None = None, on_result=None) -> list[TaskResult]:
     """Every task of ``eval_dir`` under every setting; ``on_result`` sees each as it finishes."""
     results = []
+    questions = {task: load_rows(eval_dir, task, limit) for task in MANIFESTS}
     with torch.inference_mode():
         for setting in settings:
-            for task in MANIFESTS:
-                results.append(evaluate_task(vlm, task, load_rows(eval_dir, task, limit), eval_dir, setting))
+            encoded: dict = {}
+            for task, rows in questions.items():
+                results.append(evaluate_task(vlm, task, rows, eval_dir, setting, encoded=encoded))
                 if on_result:
                     on_result(results[-1])
     return results
