@@ -1,7 +1,9 @@
-"""``hired train-testbed``: train the small LLaVA-NeXT testbed model on synthetic scenes.
+"""``hired train-testbed``: train the testbed LLaVA-NeXT (a small tower and SmolLM2-135M) on synthetic scenes.
 
-Reproducible from ``--seed``; about 30 minutes on two (shared) CPU cores with the defaults. Losses go to
-MLflow (experiment ``hired-testbed``), the checkpoint to ``--output`` (``from_pretrained`` loads it).
+Reproducible from ``--seed``, and resumable: run the same command again after a stop and each
+stage goes on from its last checkpoint in ``--work-dir``. About 80 minutes on two CPU cores with
+the defaults (docs/testbed.md); a GPU is used where there is one. Losses go to MLflow (experiment
+``hired-testbed``), the trained parts to ``--output`` (loaded by name as ``hired/testbed-llava-next``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     """Register ``hired train-testbed``; its flags are ``TestbedTrainConfig``'s fields."""
     parser = subparsers.add_parser(
         "train-testbed",
-        help="train the testbed LLaVA-NeXT on synthetic scenes (CPU, ~30 min)",
+        help="train the testbed LLaVA-NeXT on synthetic scenes (resumable; CPU ~80 min)",
         description=__doc__.split("\n\n")[0],
     )
     add_config_arguments(parser, TestbedTrainConfig, helps={"tracking_uri": "MLflow tracking URI; none logs nothing"})

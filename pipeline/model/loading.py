@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from .assembled import is_assembled, materialise
+from .base_llm import ModelNotFoundError
 from .builtin import build_image_processor, build_model, parse_builtin
 
 # built-in names of checkpoints trained here and shipped in the repository; they load like any
@@ -22,10 +24,6 @@ DEFAULT_MODEL = TESTBED_MODEL
 def _shipped_or(name: str) -> str:
     """The directory of a shipped checkpoint's name; any other name as it is."""
     return str(SHIPPED[name]) if name in SHIPPED else name
-
-
-class ModelNotFoundError(RuntimeError):
-    """The model named by the user cannot be loaded here."""
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -120,6 +118,8 @@ def load_model(
     if local.exists() and not (local / "config.json").exists():
         raise ModelNotFoundError(f"model directory {name!r} has no config.json: point --model at a saved checkpoint")
     source = str(local) if local.exists() else name
+    if is_assembled(local):  # shipped as parts (the testbed): merged once, then a plain checkpoint
+        source = str(materialise(local))
     try:
         processor = AutoProcessor.from_pretrained(source)
         config = AutoConfig.from_pretrained(source)

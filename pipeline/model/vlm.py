@@ -327,23 +327,19 @@ class HiredVLM:
         end = time.perf_counter()
         ttft = (clock.first or end) - start
         results = []
-        eos = self.end_token_ids()
         for i, sequence in enumerate(sequences):
-            tokens = sequence.tolist()
-            count = next((n for n, t in enumerate(tokens) if t in eos), len(tokens))
-            text = truncate_at_stop(self.tokenizer.decode(tokens[:count], skip_special_tokens=True), options.stop)
-            results.append(
-                Generation(
-                    text=text.strip(),
-                    generated_tokens=count,
-                    prompt_tokens=int(attention_mask[i].sum()),
-                    ttft_s=ttft,
-                    generate_s=end - start,
-                    token_ids=tokens[:count],
-                    logprobs=_logprobs(output.logits, i, tokens[:count], top_logprobs) if top_logprobs is not None else None,
-                )
-            )
+            generation = self.finish(sequence.tolist(), int(attention_mask[i].sum()), options, ttft, end - start)
+            if top_logprobs is not None:
+                generation.logprobs = _logprobs(output.logits, i, generation.token_ids, top_logprobs)
+            results.append(generation)
         return results
+
+    def finish(self, tokens: list[int], prompt_tokens: int, options: GenerateOptions, ttft_s: float, generate_s: float) -> Generation:
+        """One row's generated ``tokens`` (padded past its end) as a :class:`Generation`: cut at
+        the end token, decoded, cut at the first stop string."""
+        count = next((n for n, t in enumerate(tokens) if t in self.end_token_ids()), len(tokens))
+        text = truncate_at_stop(self.tokenizer.decode(tokens[:count], skip_special_tokens=True), options.stop)
+        return Generation(text.strip(), count, prompt_tokens, ttft_s, generate_s, token_ids=tokens[:count])
 
     def run(
         self,

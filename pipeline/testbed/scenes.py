@@ -1,8 +1,13 @@
-"""Synthetic high-resolution scenes: small coloured shapes and one glyph on a plain background.
+"""Synthetic high-resolution scenes: small coloured shapes and one glyph, at two densities.
 
 A scene is plain data (:class:`Scene`) drawn with PIL by :func:`render`. Every scene is a pure
-function of ``(split, seed, index)`` (:func:`make_scene`), so the train and held-out splits are
-reproducible and disjoint by construction (they draw from different seed strings).
+function of ``(split, seed, index, density)`` (:func:`make_scene`), so the train and held-out splits
+are reproducible and disjoint by construction (they draw from different seed strings).
+
+Two densities (:data:`DENSITIES`): ``standard`` scenes hold 2-5 shapes on a plain background;
+``dense`` scenes hold 6-9 smaller shapes on a striped background with grey clutter marks (which
+name nothing), and the glyph sits next to a shape. Most questions about a standard scene need
+very little of the image; a dense one needs most of its tiles, so it ranks dropping methods.
 
 Sizes are chosen so that each image maps to one of the testbed model's anyres grids (1x2, 2x1,
 2x2, 1x3, 3x1 tiles of 64 px) and objects are ~16-22 canvas pixels (the images are 0.85-1x their
@@ -38,6 +43,37 @@ GLYPHS = ("A", "E", "H", "K", "R", "2", "3", "5", "7", "9")
 TILE = 64
 GRIDS: tuple[tuple[int, int], ...] = ((1, 2), (2, 1), (2, 2), (1, 3), (3, 1))
 MAX_SHAPES = 5
+# no shape kind occurs more often than the largest count a question asks about
+MAX_OF_A_KIND = 5
+
+
+@dataclass(frozen=True)
+class Density:
+    """How full a scene is. Sizes are canvas pixels (scaled with the image).
+
+    Attributes:
+        name: ``standard`` or ``dense``.
+        shapes: (min, max) shapes drawn (fewer when no room is left).
+        shape_side: (min, max) side of a shape.
+        glyph_side: (min, max) height of the glyph.
+        clutter: (min, max) grey marks that are none of the named objects.
+        striped: a striped background instead of a plain one.
+        glyph_near: the glyph is placed next to a shape rather than anywhere.
+    """
+
+    name: str
+    shapes: tuple[int, int]
+    shape_side: tuple[float, float]
+    glyph_side: tuple[float, float]
+    clutter: tuple[int, int] = (0, 0)
+    striped: bool = False
+    glyph_near: bool = False
+
+
+DENSITIES = {
+    "standard": Density("standard", (2, MAX_SHAPES), (16, 20), (18, 22)),
+    "dense": Density("dense", (6, 9), (11, 14), (13, 16), clutter=(3, 6), striped=True, glyph_near=True),
+}
 
 
 @dataclass(frozen=True)
@@ -65,7 +101,9 @@ class Scene:
     background: tuple[int, int, int]
     shapes: tuple[Thing, ...]
     glyph: Thing
-    key: str  # "split:seed:index", unique per scene
+    key: str  # "split:seed:index" (standard) or "dense:split:seed:index", unique per scene
+    # grey marks and background stripes: (x0, y0, x1, y1, width, grey level) lines, drawn first
+    marks: tuple[tuple[float, float, float, float, int, int], ...] = ()
 
     @property
     def things(self) -> tuple[Thing, ...]:
@@ -78,9 +116,14 @@ class Scene:
         return any(t.kind == shape and t.color == color for t in self.shapes)
 
 
-def scene_rng(split: str, seed: int, index: int) -> random.Random:
+def scene_key(split: str, seed: int, index: int, density: str = "standard") -> str:
+    """The scene's unique key; standard scenes keep the key they always had."""
+    return f"{split}:{seed}:{index}" if density == "standard" else f"{density}:{split}:{seed}:{index}"
+
+
+def scene_rng(key: str) -> random.Random:
     """The random stream of one scene (string seeds hash with SHA-512: stable across runs)."""
-    return random.Random(f"{split}:{seed}:{index}")
+    return random.Random(key)
 
 
 def _image_size(rng: random.Random) -> tuple[tuple[int, int], float]:
@@ -108,26 +151,70 @@ def _place(rng: random.Random, size: tuple[int, int], side: float, taken: list[T
     return None
 
 
-def make_scene(split: str, seed: int, index: int) -> Scene:
-    """The scene ``index`` of ``split`` ("train" or "heldout") under ``seed``."""
-    rng = scene_rng(split, seed, index)
-    # object sizes scale with the image so they are ~16-22 px once resized onto the canvas
+def _near(rng: random.Random, size: tuple[int, int], side: float, taken: list[Thing]) -> tuple[float, float] | None:
+    """A free spot just beside one of the ``taken`` objects (touching distance plus 1-4 px)."""
+    height, width = size
+    margin = side * 0.6 + 2
+    for _ in range(50):
+        anchor = rng.choice(taken)
+        angle = rng.uniform(0, 2 * math.pi)
+        gap = (side + anchor.size) * 0.75 + 3 + rng.uniform(1, 4)
+        x, y = anchor.x + gap * math.cos(angle), anchor.y + gap * math.sin(angle)
+        if margin <= x <= width - margin and margin <= y <= height - margin and all(
+            math.hypot(x - t.x, y - t.y) > (side + t.size) * 0.75 + 3 for t in taken
+        ):
+            return x, y
+    return None
+
+
+def _marks(rng: random.Random, size: tuple[int, int], density: Density, background) -> list[tuple]:
+    """Background stripes (a shade darker than the background) and grey clutter strokes."""
+    height, width = size
+    marks = []
+    if density.striped:
+        shade = max(background) - rng.randint(14, 24)
+        period, slope = rng.uniform(5, 9), rng.choice((-1, 1))
+        for offset in range(-height, width + height, max(1, round(period))):
+            marks.append((offset, 0, offset + slope * height, height, 1, shade))
+    for _ in range(rng.randint(*density.clutter)):
+        x, y = rng.uniform(0, width), rng.uniform(0, height)
+        length, angle = rng.uniform(4, 10), rng.uniform(0, math.pi)
+        marks.append((x, y, x + length * math.cos(angle), y + length * math.sin(angle), rng.randint(1, 2), rng.randint(90, 160)))
+    return marks
+
+
+def make_scene(split: str, seed: int, index: int, density: str = "standard") -> Scene:
+    """The scene ``index`` of ``split`` ("train" or "heldout") under ``seed``, at ``density``."""
+    profile = DENSITIES[density]
+    key = scene_key(split, seed, index, density)
+    rng = scene_rng(key)
+    # object sizes scale with the image so they keep their canvas size once resized onto it
     size, scale = _image_size(rng)
     background = tuple(rng.randint(215, 250) for _ in range(3))
-    things: list[Thing] = []
-    glyph_side = rng.uniform(18, 22) * scale
-    x, y = _place(rng, size, glyph_side, things)  # an empty canvas always has room
-    glyph = Thing("glyph", "black", x, y, glyph_side, rng.choice(GLYPHS))
-    things.append(glyph)
-    for _ in range(rng.randint(2, MAX_SHAPES)):
-        side = rng.uniform(16, 20) * scale
-        spot = _place(rng, size, side, things)
+    shapes: list[Thing] = []
+    glyph_side = rng.uniform(*profile.glyph_side) * scale
+    glyph = None
+    if not profile.glyph_near:
+        x, y = _place(rng, size, glyph_side, [])  # an empty canvas always has room
+        glyph = Thing("glyph", "black", x, y, glyph_side, rng.choice(GLYPHS))
+    for _ in range(rng.randint(*profile.shapes)):
+        side = rng.uniform(*profile.shape_side) * scale
+        spot = _place(rng, size, side, shapes + ([glyph] if glyph else []))
         if spot is None:
             continue
         kind = rng.choices(SHAPES, SHAPE_WEIGHTS)[0]
+        while sum(t.kind == kind for t in shapes) >= MAX_OF_A_KIND:
+            kind = rng.choices(SHAPES, SHAPE_WEIGHTS)[0]
         color = rng.choices(tuple(COLORS), COLOR_WEIGHTS)[0]
-        things.append(Thing(kind, color, spot[0], spot[1], side))
-    return Scene(size, background, tuple(things[1:]), glyph, f"{split}:{seed}:{index}")
+        shapes.append(Thing(kind, color, spot[0], spot[1], side))
+    if glyph is None:
+        spot = _near(rng, size, glyph_side, shapes) or _place(rng, size, glyph_side, shapes)
+        if spot is None:  # no room left: the last shape gives way to the glyph
+            last = shapes.pop()
+            spot = (last.x, last.y)
+        glyph = Thing("glyph", "black", spot[0], spot[1], glyph_side, rng.choice(GLYPHS))
+    marks = tuple(_marks(rng, size, profile, background))
+    return Scene(size, background, tuple(shapes), glyph, key, marks)
 
 
 @cache
@@ -163,6 +250,9 @@ def _paint(scene: Scene, mode: str, background, fill_of) -> Image.Image:
     height, width = scene.size
     image = Image.new(mode, (width, height), background)
     draw = ImageDraw.Draw(image)
+    if mode == "RGB":  # stripes and clutter show nothing: they stay background in the label map
+        for x0, y0, x1, y1, line, grey in scene.marks:
+            draw.line((x0, y0, x1, y1), fill=(grey, grey, grey), width=line)
     for index, thing in enumerate(scene.shapes):
         _draw_shape(draw, thing, fill_of(index, thing))
     glyph = scene.glyph
