@@ -204,15 +204,20 @@ def _run_stage(name: str, model: nn.Module, items, collator, steps: int, lr: flo
     return folder
 
 
-def _trained_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    """The parameters of ``module`` that require grad, by name, detached and contiguous."""
-    return {n: p.detach().contiguous() for n, p in module.named_parameters() if p.requires_grad}
+def _final_state(path: Path, module: nn.Module) -> dict[str, torch.Tensor]:
+    """A finished stage's trained parameters of ``module`` (those that require grad), written to
+    ``path`` the first time and read back from it on every run after, so a rerun that skips the
+    stage starts the next one from the same weights."""
+    from safetensors.torch import load_file, save_file
+
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({n: p.detach().contiguous() for n, p in module.named_parameters() if p.requires_grad}, path)
+    return load_file(path)
 
 
 def train_cls(model, processor, config: TestbedTrainConfig, log) -> None:
     """Stage 0: the tower's CLS and patch objectives; leaves the trained tower in ``model``."""
-    from safetensors.torch import load_file, save_file
-
     geometry = VisionGeometry.from_model(model)
     heads = SceneHeads(vision_tower(model), geometry.layers_to_run, len(CLS_LABELS))
 
@@ -225,13 +230,8 @@ def train_cls(model, processor, config: TestbedTrainConfig, log) -> None:
 
     items = SceneItems(config.seed, "cls", config.cls_steps * config.cls_batch_size, make)
     folder = _run_stage("cls", heads, items, stack, config.cls_steps, config.cls_lr, config.cls_batch_size, config, log)
-    final = folder / "final" / "heads.safetensors"
-    if config.cls_steps == 0:
-        return
-    if not final.exists():
-        final.parent.mkdir(parents=True, exist_ok=True)
-        save_file(_trained_state(heads), final)
-    heads.load_state_dict(load_file(final))
+    if config.cls_steps:
+        heads.load_state_dict(_final_state(folder / "final" / "heads.safetensors", heads))
 
 
 def _conversations(processor, stage: str, steps: int, config: TestbedTrainConfig, turns_of):
@@ -245,21 +245,14 @@ def _conversations(processor, stage: str, steps: int, config: TestbedTrainConfig
 
 def train_align(model, processor, config: TestbedTrainConfig, log) -> None:
     """Stage 1: captions, only the projector and the newline embedding train."""
-    from safetensors.torch import load_file, save_file
-
     model.requires_grad_(False)
     model.model.multi_modal_projector.requires_grad_(True)
     model.model.image_newline.requires_grad_(True)
     items, collator = _conversations(processor, "align", config.align_steps, config, lambda s, r: [q.describe(s)])
     folder = _run_stage("align", model, items, collator, config.align_steps, config.align_lr, config.batch_size,
                         config, log, _lm_trainer_class())
-    final = folder / "final" / "aligned.safetensors"
-    if config.align_steps == 0:
-        return
-    if not final.exists():
-        final.parent.mkdir(parents=True, exist_ok=True)
-        save_file(_trained_state(model), final)
-    model.load_state_dict(load_file(final), strict=False)
+    if config.align_steps:
+        model.load_state_dict(_final_state(folder / "final" / "aligned.safetensors", model), strict=False)
     model.requires_grad_(False)
 
 
