@@ -32,7 +32,8 @@ def export(peft_model, processor, out: Path) -> dict[str, float]:
     from safetensors.torch import save_file
 
     model = peft_model.get_base_model()
-    base_vocab = len(processor.tokenizer) - 1
+    added = [IMAGE_TOKEN]
+    base_vocab = len(processor.tokenizer) - len(added)
     embeddings = model.get_input_embeddings().weight
     weights = {f"model.vision_tower.{k}": v for k, v in model.model.vision_tower.state_dict().items()}
     weights["model.image_newline"] = model.model.image_newline
@@ -51,7 +52,7 @@ def export(peft_model, processor, out: Path) -> dict[str, float]:
         for path in Path(scratch).iterdir():
             if path.name not in TOKENIZER_FILES:
                 shutil.copy(path, out / path.name)
-    parts = {"base": asdict(SMOLLM2), "added_tokens": [IMAGE_TOKEN], "base_vocab_size": base_vocab}
+    parts = {"base": asdict(SMOLLM2), "added_tokens": added, "base_vocab_size": base_vocab}
     (out / PARTS_FILE).write_text(json.dumps(parts, indent=2) + "\n")
     adapter = sum(p.numel() for n, p in peft_model.named_parameters() if p.requires_grad)
     return {
