@@ -164,6 +164,22 @@ def build_processor(kind: str, tokenizer):
     )
 
 
+def clip_config(hidden: int, intermediate: int, layers: int, heads: int, tile: int, patch: int):
+    """A CLIP vision tower's config: ``tile``-pixel tiles of ``patch``-pixel patches, quick-GELU."""
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        image_size=tile,
+        patch_size=patch,
+        projection_dim=hidden,
+        hidden_act="quick_gelu",
+    )
+
+
 def llava_config(
     kind: str,
     dims: ModelSize,
@@ -179,18 +195,9 @@ def llava_config(
     """The transformers config of a LLaVA-NeXT (anyres grid ``pinpoints``) or LLaVA-1.5 model of
     ``dims``: a CLIP tower of ``tile``-pixel tiles and ``patch``-pixel patches, features from its
     second-to-last layer with CLS dropped ("default"), and a Llama sized for ``tokenizer``."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaNextConfig
+    from transformers import LlamaConfig, LlavaConfig, LlavaNextConfig
 
-    vision = CLIPVisionConfig(
-        hidden_size=dims.vision_hidden,
-        intermediate_size=dims.vision_intermediate,
-        num_hidden_layers=dims.vision_layers,
-        num_attention_heads=dims.vision_heads,
-        image_size=tile,
-        patch_size=patch,
-        projection_dim=dims.vision_hidden,
-        hidden_act="quick_gelu",
-    )
+    vision = clip_config(dims.vision_hidden, dims.vision_intermediate, dims.vision_layers, dims.vision_heads, tile, patch)
     text = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=dims.text_hidden,

@@ -18,6 +18,7 @@ import torch
 
 from pipeline.model.assembled import load_base
 from pipeline.model.base_llm import SMOLLM2, PackagedGGUF
+from pipeline.model.builtin import clip_config
 
 from .scenes import GRIDS, TILE
 
@@ -94,18 +95,9 @@ def build_processor(tokenizer):
 def model_config(tower: TowerSize, text_config, tokenizer):
     """The ``LlavaNextConfig``: a CLIP tower of ``tower`` at the 64/8 geometry, features from its
     second-to-last layer with CLS dropped, and the base LLM's ``text_config`` sized for ``tokenizer``."""
-    from transformers import CLIPVisionConfig, LlavaNextConfig
+    from transformers import LlavaNextConfig
 
-    vision = CLIPVisionConfig(
-        hidden_size=tower.hidden,
-        intermediate_size=tower.intermediate,
-        num_hidden_layers=tower.layers,
-        num_attention_heads=tower.heads,
-        image_size=TILE,
-        patch_size=PATCH,
-        projection_dim=tower.hidden,
-        hidden_act="quick_gelu",
-    )
+    vision = clip_config(tower.hidden, tower.intermediate, tower.layers, tower.heads, TILE, PATCH)
     text = text_config.to_dict()
     for key in ("quantization_config", "_name_or_path", "_model_name_or_path", "transformers_version"):
         text.pop(key, None)
