@@ -1,8 +1,9 @@
 """Driver memory as the dataset grows (issue 10): peak RSS of the driver process and time to the
-first written row, over inline-bytes Parquet manifests and the same rows as WebDataset shards.
+first written row, over inline-bytes Parquet manifests and the same rows as WebDataset shards;
+and the output files each run leaves (count, rows per file min / median / max, mean size).
 
     python benchmarks/driver_memory.py [--sizes 2000 20000 100000] [--limit 500]
-        [--full 2000 10000] [--json OUT] [--workdir DIR]
+        [--full 2000 10000] [--forms parquet webdataset] [--json OUT] [--workdir DIR]
 
 Each measurement is its own process (a fresh driver, a fresh local Ray), with the tiny built-in
 model and one new token per row, so the numbers are the data path's, not the model's. Peak RSS
@@ -76,7 +77,12 @@ def measure(input: str, output: str, limit: int | None) -> dict:
         vision=PoolConfig(batch_size=16), llm=PoolConfig(batch_size=16), decode_batch_size=16,
     )
     summary = run_job(config, figures=0, on_progress=lambda p: first or first.append(time.perf_counter() - start))
+    files = sorted(Path(output).glob("*.parquet"))
+    rows_per_file = [pq.read_metadata(f).num_rows for f in files]
     return {
+        "files": len(files),
+        "rows_per_file": [min(rows_per_file, default=0), int(np.median(rows_per_file)) if files else 0, max(rows_per_file, default=0)],
+        "kb_per_file": round(sum(f.stat().st_size for f in files) / max(1, len(files)) / 1024, 1),
         "rows": summary.images,
         "errors": summary.errors,
         "wall_s": round(summary.wall_s, 1),
@@ -102,6 +108,7 @@ def main() -> None:
     parser.add_argument("--limit", type=lambda text: None if text == "none" else int(text), default=500)
     parser.add_argument("--full", type=int, nargs="*", default=[2000, 10000])
     parser.add_argument("--image-bytes", type=int, default=50_000)
+    parser.add_argument("--forms", nargs="*", choices=("parquet", "webdataset"), default=["parquet", "webdataset"])
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "hired-driver-memory")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--one", help=argparse.SUPPRESS)
@@ -118,6 +125,8 @@ def main() -> None:
         runs = [("limit", args.limit)] * (rows in args.sizes) + [("full", None)] * (rows in args.full)
         for kind, limit in runs:
             for form, input in (("parquet", str(manifest)), ("webdataset", shards)):
+                if form not in args.forms:
+                    continue
                 result = {"rows_in_input": rows, "run": kind, "form": form, **run_one(input, limit, args.workdir)}
                 result["load"] = os.getloadavg()[0]
                 print(json.dumps(result), flush=True)

@@ -78,7 +78,7 @@ def add_job_arguments(parser: argparse.ArgumentParser, drop_defaults: dict | Non
         add_config_arguments(pools, PoolConfig, prefix=f"{role}-", flags=POOL_FLAGS)
     add_config_arguments(pools, JobConfig, only=("decode_batch_size", "decode_resources", "max_padding"))
     data = parser.add_argument_group("data")
-    add_config_arguments(data, JobConfig, only=("limit", "resume", "retry_errors"))
+    add_config_arguments(data, JobConfig, only=("limit", "resume", "retry_errors", "min_rows_per_file"))
     add_config_arguments(data, DecodeLimits, flags=DECODE_FLAGS)
     add_tracking_arguments(parser)
 
@@ -93,7 +93,8 @@ def job_config(args: argparse.Namespace, **given) -> JobConfig:
         **{role: build(PoolConfig, args, prefix=f"{role}_", flags=POOL_FLAGS) for role in ROLES},
     )
     return build(
-        JobConfig, args, only=("input", "output", "prompt", "decode_batch_size", "decode_resources", "max_padding", "limit", "resume", "retry_errors"),
+        JobConfig, args, only=("input", "output", "prompt", "decode_batch_size", "decode_resources", "max_padding", "limit", "resume",
+                             "retry_errors", "min_rows_per_file"),
         **{**nested, **given},
     )
 

@@ -24,9 +24,16 @@ _MISSING = dataclasses.MISSING
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """``{field: text}`` from the ``Attributes:`` section of ``cls``'s docstring (Google style;
-    a line may name several fields, ``a, b: ...``)."""
-    doc = cls.__doc__ or ""
+    """``{field: text}`` from the ``Attributes:`` sections of ``cls``'s docstring and its bases'
+    (Google style; a line may name several fields, ``a, b: ...``); a subclass's text wins."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        docs.update(_own_field_docs(klass))
+    return docs
+
+
+def _own_field_docs(cls: type) -> dict[str, str]:
+    doc = cls.__dict__.get("__doc__") or ""
     section = doc.split("Attributes:", 1)[1] if "Attributes:" in doc else ""
     docs: dict[str, str] = {}
     names: list[str] = []

@@ -107,7 +107,7 @@ def llm_node(env: dict, any_state: bool = False) -> int | None:
 
     names = {n.node_id: n.node_name for n in list_nodes(address=DASHBOARD, raise_on_missing_output=False)}
     for actor in list_actors(address=DASHBOARD, filters=[("state", "=", "ALIVE")], raise_on_missing_output=False):
-        if "LLMWriterStage" in (actor.class_name or ""):
+        if "LLMStage" in (actor.class_name or ""):
             return int(names[actor.node_id].rsplit("-", 1)[1])
     return 0 if any_state else None
 

@@ -4,7 +4,9 @@ object stores through fsspec, and resume."""
 from __future__ import annotations
 
 import io
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -14,6 +16,7 @@ import zlib
 from pathlib import Path
 
 import fsspec
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -181,7 +184,7 @@ def test_killed_job_resumes_each_row_once(tmp_path):
     command = [
         sys.executable, "-m", "jobs.cli", "caption", str(folder), "--output", str(out), "--model", TINY_MODEL,
         "--max-new-tokens", "4", "--vision-batch-size", "2", "--llm-batch-size", "2",
-        "--decode-batch-size", "2", "--no-tracking",
+        "--decode-batch-size", "2", "--min-rows-per-file", "4", "--no-tracking",
     ]
     env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": str(REPO)}
     process = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True,
@@ -200,6 +203,38 @@ def test_killed_job_resumes_each_row_once(tmp_path):
     ids = [r["id"] for r in read_output(str(out))]
     assert len(ids) == rows and len(set(ids)) == rows
     assert f"{len(partial)} already done" in result.stdout
+
+
+def test_files_of_min_rows_and_a_success_marker(tmp_path, ray_local):
+    """Files hold min_rows_per_file rows (one smaller at most: the run's last), and the finished
+    job leaves _SUCCESS with its run id and counts; a resumed run that adds rows rewrites it."""
+    names = make_mixed_images(tmp_path / "images")
+    out = tmp_path / "out"
+    first = run_job(small_job(str(tmp_path / "images"), str(out), limit=5, min_rows_per_file=8))
+    marker = json.loads((out / "_SUCCESS").read_text())
+    assert marker["run_id"] == first.run_id and marker["rows_written"] == 5 and marker["rows_in_output"] == 5
+    summary = run_job(small_job(str(tmp_path / "images"), str(out), min_rows_per_file=8))
+    sizes = [pq.read_metadata(f).num_rows for f in out.glob(f"part-{summary.run_id}-*.parquet")]
+    assert sum(sizes) == len(names) - 5 and sum(1 for n in sizes if n < 8) <= 1, sizes
+    marker = json.loads((out / "_SUCCESS").read_text())
+    assert marker["run_id"] == summary.run_id and marker["rows_written"] == len(names) - 5
+    assert marker["rows_already_there"] == 5 and marker["rows_in_output"] == len(names)
+    assert marker["errors"] == summary.errors  # this run's errors
+
+
+def test_figures_of_inline_manifest_images(tmp_path, ray_local):
+    """A manifest of {bytes, path} structs with no readable path (as lmms-eval ships them): the
+    kept-patch figures read the image where the job read it."""
+    sources = sorted((REPO / "samples" / "images").iterdir())[:3]
+    images = [{"bytes": p.read_bytes(), "path": None} for p in sources]
+    pq.write_table(pa.table({"image": images, "question": ["What is this?"] * 3}), tmp_path / "inline.parquet")
+    summary = run_job(small_job(str(tmp_path / "inline.parquet"), str(tmp_path / "out")), figures=2)
+    assert summary.errors == 0 and len(summary.figures) == 2
+    for image, encoded, row_id in summary.figures:
+        position = int(re.search(r"(\d+)$", row_id).group(1))  # ids number manifest rows
+        expected = decode_image(sources[position].read_bytes(), source=row_id)
+        assert image.size == expected.size and image.tobytes() == expected.tobytes()
+        assert int(encoded.budgets.sum()) == len(encoded.partition) == 576
 
 
 def test_webdataset_shards_local_and_on_s3(tmp_path, ray_local, s3_server):

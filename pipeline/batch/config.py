@@ -72,31 +72,28 @@ class PoolConfig:
 
 
 @dataclass(frozen=True)
-class JobConfig:
-    """A captioning / question-answering job over a dataset.
+class HiredProcessorConfig:
+    """The stages that turn images and prompts into answers, as one lazy step of a Ray Dataset
+    (:func:`pipeline.batch.processor.build_processor`); named after Ray's own
+    ``ray.data.llm.ProcessorConfig``. Every field has a default: the built-in model at HiRED 20%.
 
     Attributes:
-        input: a folder, glob, image, or Parquet/JSONL manifest (local or any fsspec URL).
-        output: a folder (local or object store) that receives Parquet files.
         model: the checkpoint and its placement.
         drop: how visual tokens are dropped (method, budget, ...).
         generate: decoding (max_new_tokens, temperature, ...).
         decode: limits on input images (decompression bombs, huge files).
-        prompt: instruction for rows whose manifest gives none.
+        prompt: instruction for rows whose prompt is missing.
         vision, llm: the two actor pools.
         decode_batch_size: rows per decode task.
         decode_resources: custom Ray resources each decode task needs, to keep the CPU decoding on
             the nodes that declare them (e.g. {"decode_cpu": 1}), apart from the GPU actors.
-        resume: skip ids already in the output.
-        retry_errors: first take the rows that ended in an error out of the output, so they are
-            done again (a transient read failure need not stay an error).
-        limit: process at most this many inputs (after resume filtering).
         max_padding: padding share the LLM stage accepts before it splits a batch by length.
-        storage_options: passed to fsspec for the input and output (credentials, endpoints).
+        storage_options: passed to fsspec for images named by path or URL (credentials,
+            endpoints), and for a job's input and output.
+        keep_image: keep the image column in the processor's output (it is dropped by default:
+            it is the heaviest column, and the rows go on to be filtered and written).
     """
 
-    input: str
-    output: str
     model: ModelConfig = field(default_factory=ModelConfig)
     drop: DropConfig = field(default_factory=DropConfig)
     generate: GenerateOptions = field(default_factory=GenerateOptions)
@@ -106,24 +103,55 @@ class JobConfig:
     llm: PoolConfig = field(default_factory=PoolConfig)
     decode_batch_size: int = 8
     decode_resources: dict[str, float] | None = None
+    max_padding: float = 0.1
+    storage_options: dict[str, Any] | None = None
+    keep_image: bool = False
+
+    def __post_init__(self) -> None:
+        if self.decode_batch_size < 1:
+            raise ValueError("decode_batch_size must be >= 1")
+        if not 0.0 <= self.max_padding < 1.0:
+            raise ValueError("max_padding must be in [0, 1)")
+        object.__setattr__(self, "drop", canonical_drop(self.drop))
+
+@dataclass(frozen=True, kw_only=True)
+class JobConfig(HiredProcessorConfig):
+    """A captioning / question-answering job over a dataset: the processor's stages between
+    input planning and resume on one side and worker-written Parquet files on the other.
+
+    Attributes:
+        input: a folder, glob, image, or Parquet/JSONL manifest (local or any fsspec URL).
+        output: a folder (local or object store) that receives Parquet files.
+        prompt: instruction for rows whose manifest gives none.
+        resume: skip ids already in the output.
+        retry_errors: first take the rows that ended in an error out of the output, so they are
+            done again (a transient read failure need not stay an error).
+        limit: process at most this many inputs (after resume filtering).
+        min_rows_per_file: rows each output Parquet file holds, the last one of a run excepted
+            (Ray Data's ``write_parquet`` name). Finished rows wait in Ray's object store until a
+            file's worth is ready, so an interrupted job redoes at most about this many rows.
+        storage_options: passed to fsspec for the input and output (credentials, endpoints).
+    """
+
+    input: str
+    output: str
     resume: bool = True
     retry_errors: bool = False
     limit: int | None = None
-    max_padding: float = 0.1
-    storage_options: dict[str, Any] | None = None
+    # a lake's reader wants files of megabytes, not of one LLM batch: 10,000 of these rows are
+    # about 1-3 MB of Parquet, and a million images 100 files instead of 125,000
+    min_rows_per_file: int = 10_000
 
     def __post_init__(self) -> None:
         if not self.input:
             raise ValueError("input is required: a folder, glob, image file or manifest")
         if not self.output:
             raise ValueError("output is required: a folder for the Parquet files")
-        if self.decode_batch_size < 1:
-            raise ValueError("decode_batch_size must be >= 1")
         if self.limit is not None and self.limit < 0:
             raise ValueError("limit must be >= 0")
-        if not 0.0 <= self.max_padding < 1.0:
-            raise ValueError("max_padding must be in [0, 1)")
-        object.__setattr__(self, "drop", canonical_drop(self.drop))
+        if self.min_rows_per_file < 1:
+            raise ValueError(f"min_rows_per_file must be >= 1, got {self.min_rows_per_file}")
+        super().__post_init__()
 
     def to_params(self) -> dict[str, Any]:
         """Flat MLflow params: ``model``, ``method``, ``budget``, ..., ``vision.size``, ...; the

@@ -11,6 +11,7 @@ skips every id already written.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 import pickle
@@ -24,27 +25,28 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.data.images import decode_image
+from pipeline.data.image_values import load_image
 from pipeline.data.rows import InputRow
-from pipeline.data.storage import read_bytes
-from pipeline.data.units import InputPlan, plan_inputs, plan_rows
+from pipeline.data.units import InputPlan, plan_inputs, plan_rows, read_unit
 from pipeline.model.encoded import EncodedImage
 from pipeline.model.loading import load_image_processor
 
 from .config import JobConfig
 from .lease import OutputLease
+from .columns import unpack_columns
 from .output import (
-    LLMWriterStage,
+    clear_success,
     drop_error_rows,
+    mark_success,
     output_fs,
     parquet_files,
     read_run,
+    write_rows,
     written_ids,
 )
+from .processor import apply_stages
 from .progress import Progress, ProgressCallback
-from .reading import READ_CPUS, read_dataset
-from .resources import ClusterShape, plan_resources
-from .stages import VisionStage, decode_batch
+from .reading import READ_CPUS, ROW_COLUMN, UNIT_COLUMN, read_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +91,19 @@ class JobSummary:
         vision, llm = _union(self.spans.get("vision", [])), _union(self.spans.get("llm", []))
         return sum(max(0.0, min(b1, d1) - max(a0, c0)) for a0, b1 in vision for c0, d1 in llm)
 
+    def record(self) -> dict[str, Any]:
+        """What the ``_SUCCESS`` marker says of this run."""
+        return {
+            "run_id": self.run_id,
+            "rows_written": self.images,
+            "errors": self.errors,
+            "rows_already_there": self.skipped,
+            "rows_in_output": self.skipped + self.images,
+            "generated_tokens": self.generated_tokens,
+            "wall_s": round(self.wall_s, 3),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+
     def describe(self) -> str:
         return (
             f"{self.images} images ({self.skipped} already done, skipped) in {self.wall_s:.1f} s: "
@@ -128,35 +143,18 @@ def _init_ray() -> None:
 
 
 def build_dataset(config: JobConfig, dataset: Any, image_processor: Any, writing: dict[str, Any]):
-    """The lazy Ray Dataset of the job's stages over ``dataset`` (rows of ``READ_SCHEMA``): one
-    row of counts per Parquet file the LLM actors wrote (``writing``: run_id, figures and
-    lease_owner for :class:`LLMWriterStage`). ``image_processor`` is the model's (see
-    :func:`load_image_processor`), shipped to the decode tasks."""
-
-    plan = plan_resources(config, ClusterShape.from_ray())
-    dataset = dataset.map_batches(
-        decode_batch,
-        batch_size=config.decode_batch_size,
-        batch_format="numpy",
-        num_cpus=plan.decode_cpus,
-        resources=config.decode_resources,
-        fn_kwargs={"image_processor": image_processor, "limits": config.decode, "storage_options": config.storage_options},
+    """The lazy Ray Dataset of the job over ``dataset`` (rows of ``READ_SCHEMA``): the
+    processor's stages, then write tasks over bundles of ``config.min_rows_per_file`` rows, one
+    row of counts per file written (``writing``: run_id, figures and lease_owner).
+    ``image_processor`` is the model's (see :func:`load_image_processor`)."""
+    dataset = apply_stages(config, dataset, image_processor, figures=writing["figures"])
+    return dataset.map_batches(
+        write_rows,
+        batch_size=config.min_rows_per_file,
+        batch_format="pyarrow",
+        num_cpus=READ_CPUS,
+        fn_kwargs={"config": config, "run_id": writing["run_id"], "lease_owner": writing["lease_owner"]},
     )
-    for stage, pool, extra in ((VisionStage, config.vision, {}), (LLMWriterStage, config.llm, writing)):
-        resources = getattr(plan, stage.role)
-        dataset = dataset.map_batches(
-            stage,
-            batch_size=pool.batch_size,
-            batch_format="numpy",
-            compute=pool.compute(),
-            resources=pool.resources,
-            num_gpus=resources.num_gpus or None,
-            num_cpus=resources.num_cpus,
-            fn_constructor_kwargs={"config": config, "threads": resources.threads, **extra},
-        )
-    return dataset
-
-
 
 
 def _written(config: JobConfig) -> tuple[Any, int]:
@@ -178,15 +176,20 @@ def _to_do(plan: InputPlan, skipped: int, limit: int | None) -> int | None:
     return left if limit is None else min(left, limit)
 
 
-def _figure(candidate: tuple[str, str, dict[str, Any]], config: JobConfig) -> tuple[Any, EncodedImage, str] | None:
-    """(image, kept indices, id) for a kept-patch figure; the image is read again from its path
-    because pixels never travel to the driver (rows with inline bytes only have none)."""
-    row_id, path, columns = candidate
+def _figure(candidate: tuple[bytes | None, dict[str, Any]], config: JobConfig, plan: InputPlan) -> tuple[Any, EncodedImage, str] | None:
+    """(image, kept indices, id) for a kept-patch figure. Pixels never travel to the driver, so
+    the row is read again where the read tasks read it (its unit of the plan), and its image
+    decoded as the decode tasks decode it: from the manifest's inline bytes, or from its path."""
+    carried, columns = candidate
+    if carried is None:
+        return None
+    row = unpack_columns([carried]).to_pylist()[0]
     encoded = EncodedImage.from_row({**columns, "enc_features": np.zeros((0, 0))})
     try:
-        return decode_image(read_bytes(path, config.storage_options), path, config.decode), encoded, row_id
+        read = next(itertools.islice(read_unit(plan.uri, plan.units[row[UNIT_COLUMN]], config.storage_options), row[ROW_COLUMN], None))
+        return load_image({"bytes": read.image_bytes, "path": read.path}, row["id"], config.storage_options, config.decode), encoded, row["id"]
     except Exception as error:  # figures are a nicety; the job's rows are already written
-        logger.info("no kept-patch figure for %s: %s", row_id, error)
+        logger.info("no kept-patch figure for %s: %s", row["id"], error)
         return None
 
 
@@ -215,6 +218,7 @@ def run_job(
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     summary = JobSummary(config.output, 0, 0, 0, 0.0, 0, run_id, config.storage_options)
     with OutputLease(fs, root) as lease:
+        clear_success(fs, root)
         if config.retry_errors:
             logger.info("%d rows that ended in an error will be redone", drop_error_rows(fs, root))
         # a missing model fails here, in seconds, before Ray starts or any actor loads weights
@@ -226,7 +230,8 @@ def run_job(
         if total != 0:
             writing = {"run_id": run_id, "figures": figures, "lease_owner": lease.owner}
             _run(config, plan, done, image_processor, writing, summary, total, on_progress, start)
-    summary.wall_s = time.perf_counter() - start
+        summary.wall_s = time.perf_counter() - start
+        mark_success(fs, root, summary.record())
     return summary
 
 
@@ -260,7 +265,7 @@ def _run(
             old = peaks.get(name, [0, 0])
             peaks[name] = [max(old[0], accel), max(old[1], host)]
         for candidate in report["figures"][: max(0, writing["figures"] - len(summary.figures))]:
-            summary.figures += [f for f in [_figure(candidate, config)] if f is not None]
+            summary.figures += [f for f in [_figure(candidate, config, plan)] if f is not None]
         logger.info("%d/%s rows written", progress.rows_done, total if total is not None else "?")
     summary.images, summary.errors = progress.rows_done, progress.errors
     summary.generated_tokens = progress.generated_tokens

@@ -1,9 +1,11 @@
 """The job's output folder: Parquet files written whole by the workers, the ids already written
-(resume), and rows that ended in an error taken out again (``--retry-errors``).
+(resume), rows that ended in an error taken out again (``--retry-errors``), and the ``_SUCCESS``
+marker of a finished job.
 
-Ray Data's ``write_parquet`` writes each block whole too, but gives the driver nothing per file:
-the LLM actors write here instead, so each written file sends back one small row of counts
-(progress, metrics) while the output rows stay on the workers. Ray Data's job checkpointing
+Ray Data's ``write_parquet`` bundles rows into files of ``min_rows_per_file`` too, but gives the
+driver nothing per file: the write tasks here are a ``map_batches`` with that batch size (the
+same bundling), and each written file sends back one small row of counts (progress, metrics)
+while the output rows stay on the workers. Ray Data's job checkpointing
 (``CheckpointConfig``, beta) needs its own write sink at the end of the pipeline, so resume filters
 the read rows by the ids already written, inside the read tasks.
 """
@@ -11,6 +13,7 @@ the read rows by the ids already written, inside the read tasks.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import pickle
 from typing import Any
@@ -24,10 +27,10 @@ from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.data.storage import resolve_storage_options
 
+from .columns import GENERATED_TEXT, finish_table
 from .config import JobConfig
 from .lease import check_holder
 from .schema import OUTPUT_COLUMNS, OUTPUT_SCHEMA
-from .stages import LLMStage
 
 logger = logging.getLogger(__name__)
 
@@ -95,80 +98,61 @@ def put_file(fs: fsspec.AbstractFileSystem, final: str, table: pa.Table) -> None
             pq.write_table(table, handle)
 
 
-def to_table(batch: dict[str, np.ndarray], config: JobConfig) -> pa.Table:
-    """The output columns of a finished batch, typed by :data:`OUTPUT_SCHEMA`."""
-    count = len(batch["id"])
-    height_width = np.asarray([np.asarray(s) for s in batch["image_size"]]).reshape(count, 2)
-    columns: dict[str, Any] = {
-        "method": [config.drop.method] * count,
-        "budget": [None if config.drop.budget is None else str(config.drop.budget)] * count,
-        "image_height": height_width[:, 0],
-        "image_width": height_width[:, 1],
-        "partition_budgets": [np.asarray(b, dtype=np.int32).tolist() for b in batch["partition_budgets"]],
-    }
-    arrays = []
-    for name in OUTPUT_COLUMNS:
-        values = columns[name] if name in columns else batch[name]
-        if isinstance(values, np.ndarray) and values.dtype == object:
-            values = [None if v is None or (isinstance(v, float) and np.isnan(v)) else v for v in values]
-        arrays.append(pa.array(values, type=OUTPUT_SCHEMA.field(name).type, from_pandas=True))
-    return pa.Table.from_arrays(arrays, schema=OUTPUT_SCHEMA)
+def to_table(finished: pa.Table) -> pa.Table:
+    """The job's output columns (:data:`OUTPUT_SCHEMA`) of rows :func:`finish_table` finished."""
+    columns = {"text": GENERATED_TEXT}
+    return pa.Table.from_arrays(
+        [finished.column(columns.get(name, name)).cast(OUTPUT_SCHEMA.field(name).type) for name in OUTPUT_COLUMNS],
+        schema=OUTPUT_SCHEMA,
+    )
 
 
-class LLMWriterStage(LLMStage):
-    """The LLM actor stage, writing each finished batch itself: a separate writer stage of small
-    CPU tasks was held back by Ray Data's per-operator resource budget until the end of the job
-    on small clusters, which left nothing written when a job was interrupted."""
+def write_rows(table: pa.Table, config: JobConfig, run_id: str, lease_owner: str) -> dict[str, np.ndarray]:
+    """Finished rows in (``config.min_rows_per_file`` of them, as Ray Data bundles a map's input;
+    a run's last file may hold fewer), one Parquet file out, one row of counts back.
 
-    def __init__(self, config: JobConfig, threads: int, run_id: str, figures: int, lease_owner: str) -> None:
-        super().__init__(config, threads)
-        self.run_id, self.figures, self.lease_owner = run_id, figures, lease_owner
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        done = super().__call__(batch)
-        # an actor outliving a killed driver must not write rows a re-run is redoing
-        check_holder(*output_fs(self.config.output, self.config.storage_options), self.lease_owner)
-        return write_batch(done, self.config, self.run_id, self.figures)
-
-
-def write_batch(batch: dict[str, np.ndarray], config: JobConfig, run_id: str, figures: int) -> dict[str, np.ndarray]:
-    """One finished batch in, one Parquet file out, one row of counts back.
-
-    The file's name is this run's id and a hash of its row ids, so a call Ray retries (its node
+    The file's name is this run's id and a hash of its row ids, so a task Ray retries (its node
     lost after the write) rewrites the same file instead of adding a second copy of its rows.
     """
-    table = to_table(batch, config)
-    ids = "\n".join(sorted(table.column("id").to_pylist()))
+    reports = [pickle.loads(blob) for blob in table.column("report").to_pylist() if blob is not None]
+    finished = to_table(finish_table(table))
+    ids = "\n".join(sorted(finished.column("id").to_pylist()))
     fs, root = output_fs(config.output, config.storage_options)
-    put_file(fs, f"{root}/part-{run_id}-{hashlib.sha1(ids.encode()).hexdigest()[:16]}.parquet", table)
-    ok = table.filter(pc.is_null(table["error"]))
-    report = {"spans": {}, "peaks": {}, "figures": _figure_rows(batch, figures)}
-    for role in ("vision", "llm"):
-        report["spans"][role] = sorted({tuple(span) for span in np.asarray(batch[f"{role}_span"]).tolist()})
-        for name, accel, host in zip(batch[f"{role}_actor"], batch[f"{role}_peak_accel"], batch[f"{role}_peak_host"]):
-            peak = report["peaks"].setdefault(str(name), [0, 0])
-            report["peaks"][str(name)] = [max(peak[0], int(accel)), max(peak[1], int(host))]
+    # a task outliving a killed driver must not write rows a re-run is redoing
+    check_holder(fs, root, lease_owner)
+    put_file(fs, f"{root}/part-{run_id}-{hashlib.sha1(ids.encode()).hexdigest()[:16]}.parquet", finished)
+    ok = finished.filter(pc.is_null(finished["error"]))
+    report: dict[str, Any] = {"spans": {"vision": [], "llm": []}, "peaks": {}, "figures": []}
+    for part in reports:
+        for role, spans in part["spans"].items():
+            report["spans"][role] += spans
+        for name, (accel, host) in part["peaks"].items():
+            old = report["peaks"].get(name, [0, 0])
+            report["peaks"][name] = [max(old[0], accel), max(old[1], host)]
+        report["figures"] += part["figures"]
     return {
-        "rows": np.array([table.num_rows]),
-        "errors": np.array([table.num_rows - ok.num_rows]),
+        "rows": np.array([finished.num_rows]),
+        "errors": np.array([finished.num_rows - ok.num_rows]),
         "generated_tokens": np.array([int(pc.sum(ok["generated_tokens"]).as_py() or 0)]),
         "visual_tokens": np.array([int(pc.sum(ok["visual_tokens"]).as_py() or 0)]),
         "report": np.array([pickle.dumps(report)], dtype=object),
     }
 
 
-def _figure_rows(batch: dict[str, np.ndarray], wanted: int) -> list[tuple[str, str, dict[str, Any]]]:
-    """Up to ``wanted`` successful rows as (id, path, their ``enc_*`` index columns): enough for
-    the driver to draw kept patches without the features."""
-    out = []
-    for i, row_id in enumerate(batch["id"]):
-        if len(out) >= wanted:
-            break
-        if isinstance(batch["error"][i], str) and batch["error"][i]:
-            continue
-        columns = {k: np.asarray(batch[k][i]) for k in batch if k.startswith("enc_") and k != "enc_features"}
-        out.append((str(row_id), str(batch["path"][i]), columns))
-    return out
+SUCCESS_MARKER = "_SUCCESS"
+
+
+def mark_success(fs: fsspec.AbstractFileSystem, root: str, record: dict[str, Any]) -> None:
+    """The marker a finished job leaves, as Spark and Hadoop jobs leave theirs, for pipelines
+    that wait on the folder; it holds the run id and row counts (JSON)."""
+    with fs.open(f"{root}/{SUCCESS_MARKER}", "w") as handle:
+        json.dump(record, handle, indent=1)
+
+
+def clear_success(fs: fsspec.AbstractFileSystem, root: str) -> None:
+    """A job that starts writing makes the folder unfinished until it ends."""
+    if fs.exists(f"{root}/{SUCCESS_MARKER}"):
+        fs.rm(f"{root}/{SUCCESS_MARKER}")
 
 
 def read_run(output: str, storage_options: dict | None, run_id: str, columns: list[str] | None = None) -> pa.Table:

@@ -1,5 +1,5 @@
-"""The job's input as a streaming Ray Dataset: read units in, rows (id, path, prompt, inline
-image bytes) out, read by Ray tasks on the cluster.
+"""The job's input as a streaming Ray Dataset: read units in, rows (id, path, prompt, image) out,
+read by Ray tasks on the cluster.
 
 Ray Data's own readers (``read_parquet``, ``read_json``, ``read_webdataset``, ...) stream just as
 well, but none tells a row's position in its file, which today's ids are made of
@@ -20,12 +20,18 @@ import pyarrow.compute as pc
 
 from pipeline.data.units import InputPlan, read_unit, repeated_ids
 
+UNIT_COLUMN, ROW_COLUMN = "_unit", "_row"
+# the processor's input columns (``image`` as a {bytes, path} struct: bytes when the manifest
+# holds them inline, else null and the decode task reads ``path``), plus where each row was read,
+# so that the driver can read a row again for a figure
 READ_SCHEMA = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),
         pa.field("path", pa.string()),
         pa.field("prompt", pa.string()),
-        pa.field("image_bytes", pa.binary()),  # null when the decode task reads ``path``
+        pa.field("image", pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])),
+        pa.field(UNIT_COLUMN, pa.int32()),
+        pa.field(ROW_COLUMN, pa.int32()),
     ]
 )
 # rows per block a read task yields: a block of inline images stays a few MB
@@ -62,7 +68,9 @@ def read_units(
                     "id": renames.get((index, position), row.id),
                     "path": row.path,
                     "prompt": row.prompt or row.question or prompt,
-                    "image_bytes": row.image_bytes,
+                    "image": {"bytes": row.image_bytes, "path": row.path},
+                    UNIT_COLUMN: index,
+                    ROW_COLUMN: position,
                 }
             )
             if len(rows) == ROWS_PER_BLOCK:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .config import DEFAULT_POOL_CPUS, JobConfig, PoolConfig
+from .config import DEFAULT_POOL_CPUS, HiredProcessorConfig, PoolConfig
 
 # Shares of a CPU-only node's logical CPUs reserved by one vision actor, one LLM actor and one
 # decode task; they sum to one node so the three are always schedulable together.
@@ -78,7 +78,7 @@ class StagePlan:
     llm: PoolResources
 
 
-def plan_resources(config: JobConfig, cluster: ClusterShape) -> StagePlan:
+def plan_resources(config: HiredProcessorConfig, cluster: ClusterShape) -> StagePlan:
     """Reservations and threads for ``config``'s stages on ``cluster``.
 
     CPU-only (no GPU in the cluster, none asked for, device not CUDA): shares of a node, divided
@@ -95,7 +95,7 @@ def plan_resources(config: JobConfig, cluster: ClusterShape) -> StagePlan:
 
 
 def _pool(
-    config: JobConfig, pool: PoolConfig, role: str, gpus: float, cluster: ClusterShape, cpu_only: bool
+    config: HiredProcessorConfig, pool: PoolConfig, role: str, gpus: float, cluster: ClusterShape, cpu_only: bool
 ) -> PoolResources:
     per_node = math.ceil(pool.size / cluster.nodes)  # actors of this pool sharing one node
     if pool.num_cpus is not None:

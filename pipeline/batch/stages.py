@@ -1,32 +1,40 @@
-"""The Ray Data stages of a job: decode (CPU tasks) -> vision (actor pool) -> LLM (actor pool).
+"""The Ray Data stages of a processor and a job: decode (CPU tasks) -> vision (actor pool) -> LLM
+(actor pool).
 
-Batches are dicts of numpy columns. A row that fails anywhere keeps flowing with its ``error``
-set and empty arrays, so the writer sees every input exactly once. Between the vision and LLM
-pools travel only the kept pre-projector features (``enc_*`` columns).
+Decode takes the user's rows as Arrow (``image``, ``prompt``, anything else packed untouched:
+:mod:`.columns`); after it, batches are dicts of numpy columns. A row that fails anywhere keeps
+flowing with its ``error`` set and empty arrays, so every input yields exactly one output row.
+Between the vision and LLM pools travel only the kept pre-projector features (``enc_*`` columns).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import pickle
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 
-from pipeline.data.images import DecodeLimits, decode_image
-from pipeline.data.rows import row_bytes
+from pipeline.data.image_values import image_source, load_image
 from pipeline.model.encoded import TRANSFER_DTYPES, EncodedImage
 from pipeline.model.pixels import uint8_tiles
 from pipeline.model.replica import load_half
 from pipeline.tracking.memory import peak_memory_stats
 
 from .batching import padding_fraction, plan_batches
-from .config import JobConfig
+from .columns import CARRY_COLUMN, pack_columns
+from .config import HiredProcessorConfig
 
 logger = logging.getLogger(__name__)
+
+# the input columns the stages read: the image in any form, and the instruction
+IMAGE_COLUMN = "image"
+PROMPT_COLUMN = "prompt"
 
 
 def describe_error(error: BaseException) -> str:
@@ -34,26 +42,35 @@ def describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def decode_batch(
-    batch: dict[str, np.ndarray],
-    image_processor: Any,
-    limits: DecodeLimits,
-    storage_options: dict | None,
-) -> dict[str, np.ndarray]:
-    """Read, decode and partition images (CPU). Adds ``pixel_values`` ``(P, 3, H, W)`` uint8 per
-    row (normalised later, on the tower's device), ``pixel_bytes``, ``image_size`` ``(2,)``
-    (height, width), ``error`` and ``decode_s``."""
-    count = len(batch["id"])
+def _numpy_column(table: pa.Table, name: str) -> np.ndarray | None:
+    """One column as Ray hands it to a numpy stage (tensors as arrays, structs as dicts)."""
+    if name not in table.column_names:
+        return None
+    from ray.data.block import BlockAccessor
+
+    return BlockAccessor.for_block(table.select([name])).to_numpy(name)
+
+
+def decode_batch(table: pa.Table, image_processor: Any, config: HiredProcessorConfig) -> dict[str, np.ndarray]:
+    """Read, decode and partition images (CPU), from a batch of the user's rows.
+
+    Reads the ``image`` column (its forms: :func:`pipeline.data.image_values.load_image`) and
+    the ``prompt`` column (missing or empty: ``config.prompt``). Returns ``prompt``,
+    ``pixel_values`` ``(P, 3, H, W)`` uint8 per row (normalised later, on the tower's device),
+    ``pixel_bytes``, ``image_size`` ``(2,)`` (height, width), ``error``, ``decode_s``, and every
+    other column packed untouched (:mod:`.columns`; ``image`` only if ``config.keep_image``).
+    """
+    count = table.num_rows
+    images = _numpy_column(table, IMAGE_COLUMN)
+    names = next((table.column(c).to_pylist() for c in ("id", "path") if c in table.column_names), None)
     pixels, sizes, errors, seconds = [], [], [], []
     tile = None
     for i in range(count):
         start = time.perf_counter()
-        path = str(batch["path"][i])
+        value = None if images is None else images[i]
+        source = image_source(value, str(names[i]) if names is not None else f"row {i}")
         try:
-            inline = batch["image_bytes"][i] if "image_bytes" in batch else None
-            if isinstance(inline, float) and np.isnan(inline):  # Arrow hands back a null as NaN
-                inline = None
-            image = decode_image(row_bytes(path, inline, storage_options), source=path, limits=limits)
+            image = load_image(value, source, config.storage_options, config.decode)
             values = uint8_tiles(image_processor, image)
             tile = values.shape[-1]
             pixels.append(values)
@@ -67,13 +84,21 @@ def decode_batch(
     # failed rows carry an empty tile stack of the same rank, so the column stays one tensor type
     tile = tile or 1
     empty = np.zeros((0, 3, tile, tile), dtype=np.uint8)
-    out = {k: v for k, v in batch.items() if k != "image_bytes"}
+    prompts = table.column(PROMPT_COLUMN).to_pylist() if PROMPT_COLUMN in table.column_names else [None] * count
+    carried = [n for n in table.column_names if n != PROMPT_COLUMN and (n != IMAGE_COLUMN or config.keep_image)]
+    out: dict[str, np.ndarray] = {CARRY_COLUMN: pack_columns(table.select(carried))} if carried else {}
+    out[PROMPT_COLUMN] = np.array([p if isinstance(p, str) and p else config.prompt for p in prompts], dtype=object)
     out["pixel_values"] = _column([p if p is not None else empty for p in pixels])
     out["pixel_bytes"] = np.array([p.nbytes if p is not None else 0 for p in pixels], dtype=np.int64)
-    out["image_size"] = np.stack(sizes)
+    out["image_size"] = np.stack(sizes) if sizes else np.zeros((0, 2), np.int32)
     out["error"] = np.array(errors, dtype=object)
     out["decode_s"] = np.array(seconds, dtype=np.float32)
     return out
+
+
+def batch_rows(batch: dict[str, np.ndarray]) -> int:
+    """Rows in a numpy batch of the stages (every one has ``error``)."""
+    return len(batch["error"])
 
 
 def _errors(batch: dict[str, np.ndarray]) -> list[str | None]:
@@ -106,26 +131,15 @@ def _isolating(run: Callable[[list[int]], list[Any]], indices: list[int]) -> dic
 
 
 class _ModelActor:
-    """Shared set-up of the two actor stages: threads, model, and memory reporting."""
+    """Shared set-up of the two actor stages: threads, model, and the actor's name."""
 
     role: str  # "vision" or "llm": names the actor and its bookkeeping columns
     half: str  # the part of the model the actor runs, for keep_half
 
-    def __init__(self, config: JobConfig, threads: int) -> None:
+    def __init__(self, config: HiredProcessorConfig, threads: int) -> None:
         self.config = config
         self.vlm = load_half(config.model, config.drop, self.half, threads)
         self.name = f"{self.role}-{os.getpid()}"
-
-    def bookkeeping_columns(self, count: int, started: float) -> dict[str, np.ndarray]:
-        """Actor name, its peak memory so far, and the wall-clock span of this call (for the
-        driver's memory metrics and pool-overlap accounting; not written to the output)."""
-        stats = peak_memory_stats(self.name)
-        return {
-            f"{self.role}_span": np.tile(np.array([started, time.time()]), (count, 1)),
-            f"{self.role}_actor": np.array([self.name] * count, dtype=object),
-            f"{self.role}_peak_accel": np.full(count, stats["peak_accelerator_bytes"], dtype=np.int64),
-            f"{self.role}_peak_host": np.full(count, stats["peak_host_bytes"], dtype=np.int64),
-        }
 
 
 class VisionStage(_ModelActor):
@@ -136,7 +150,7 @@ class VisionStage(_ModelActor):
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         called = time.time()
-        count = len(batch["id"])
+        count = batch_rows(batch)
         errors = _errors(batch)
         ok = [i for i in range(count) if errors[i] is None]
 
@@ -163,6 +177,17 @@ class VisionStage(_ModelActor):
         out.update(self.bookkeeping_columns(count, called))
         return out
 
+    def bookkeeping_columns(self, count: int, started: float) -> dict[str, np.ndarray]:
+        """Actor name, its peak memory so far, and the wall-clock span of this call, per row, for
+        the LLM stage's report (a job's memory metrics and pool-overlap accounting)."""
+        stats = peak_memory_stats(self.name)
+        return {
+            f"{self.role}_span": np.tile(np.array([started, time.time()]), (count, 1)),
+            f"{self.role}_actor": np.array([self.name] * count, dtype=object),
+            f"{self.role}_peak_accel": np.full(count, stats["peak_accelerator_bytes"], dtype=np.int64),
+            f"{self.role}_peak_host": np.full(count, stats["peak_host_bytes"], dtype=np.int64),
+        }
+
     def encoded_columns(self, encoded: list[EncodedImage | None]) -> dict[str, np.ndarray]:
         """``enc_*`` columns; failed rows get empty arrays of the same rank and dtype."""
         width = next((e.features.shape[1] for e in encoded if e is not None), 1)
@@ -187,8 +212,11 @@ class LLMStage(_ModelActor):
     role = "llm"
     half = "language"
 
-    def __init__(self, config: JobConfig, threads: int) -> None:
+    def __init__(self, config: HiredProcessorConfig, threads: int, figures: int | None = None) -> None:
+        """``figures``: add a job's ``report`` column (see :meth:`report`) with up to this many
+        figure rows per batch; None, as in a processor, adds none."""
         super().__init__(config, threads)
+        self.figures = figures
         self.options = config.generate
         self.prompt_lengths: dict[str, int] = {}
 
@@ -200,7 +228,7 @@ class LLMStage(_ModelActor):
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         called = time.time()
-        count = len(batch["id"])
+        count = batch_rows(batch)
         errors = _errors(batch)
         prompts = [str(p) for p in batch["prompt"]]
         # failed rows carry empty arrays, so every row has an EncodedImage to count from
@@ -229,17 +257,51 @@ class LLMStage(_ModelActor):
                 numbers["ttft_s"][i] = result.ttft_s
                 numbers["generate_s"][i] = result.generate_s
                 numbers["padding_fraction"][i] = pad
-        # the features stay behind; the small index columns go on to the driver for figures
-        out = {k: v for k, v in batch.items() if k != "enc_features"}
-        out["text"] = np.array(text, dtype=object)
+        out = {k: batch[k] for k in (CARRY_COLUMN, "prompt", "pixel_bytes", "decode_s", "vision_s") if k in batch}
+        out["generated_text"] = np.array(text, dtype=object)
         out["error"] = np.array(errors, dtype=object)
         out["generated_tokens"] = generated
         out["prompt_tokens"] = prompt_tokens
         out.update(numbers)
-        out["visual_tokens"] = np.array([e.num_tokens for e in kept], dtype=np.int32)
-        out["sequence_tokens"] = np.array([e.sequence_length for e in kept], dtype=np.int32)
-        out["available_tokens"] = np.array([e.available_tokens for e in kept], dtype=np.int32)
-        out["partition_budgets"] = _column([e.budgets for e in kept])
-        out["feature_bytes"] = np.array([e.features.nbytes for e in kept], dtype=np.int64)
-        out.update(self.bookkeeping_columns(count, called))
+        out.update(self.accounting_columns(kept, np.asarray([np.asarray(s) for s in batch["image_size"]]).reshape(count, 2)))
+        if self.figures is not None:
+            out["report"] = self.report(batch, errors, called)
         return out
+
+    def accounting_columns(self, kept: list[EncodedImage], sizes: np.ndarray) -> dict[str, np.ndarray]:
+        """What each row cost and kept: the setting, visual token counts, feature bytes, size."""
+        count = len(kept)
+        budget = None if self.config.drop.budget is None else str(self.config.drop.budget)
+        return {
+            "method": np.array([self.config.drop.method] * count, dtype=object),
+            "budget": np.array([budget] * count, dtype=object),
+            "visual_tokens": np.array([e.num_tokens for e in kept], dtype=np.int32),
+            "sequence_tokens": np.array([e.sequence_length for e in kept], dtype=np.int32),
+            "available_tokens": np.array([e.available_tokens for e in kept], dtype=np.int32),
+            "partition_budgets": _column([np.asarray(e.budgets, dtype=np.int32) for e in kept]),
+            "feature_bytes": np.array([e.features.nbytes for e in kept], dtype=np.int64),
+            "image_height": sizes[:, 0].astype(np.int32),
+            "image_width": sizes[:, 1].astype(np.int32),
+        }
+
+    def report(self, batch: dict[str, np.ndarray], errors: list[str | None], called: float) -> np.ndarray:
+        """The batch's bookkeeping for a job's driver, pickled on its first row (None on the
+        others): both pools' call spans and actor peak memory, and up to ``figures`` successful
+        rows as (carried columns, their ``enc_*`` index columns) for kept-patch figures."""
+        spans = {"vision": sorted({tuple(s) for s in np.asarray(batch["vision_span"]).tolist()}), "llm": [(called, time.time())]}
+        peaks: dict[str, list[int]] = {}
+        for name, accel, host in zip(batch["vision_actor"], batch["vision_peak_accel"], batch["vision_peak_host"]):
+            old = peaks.setdefault(str(name), [0, 0])
+            peaks[str(name)] = [max(old[0], int(accel)), max(old[1], int(host))]
+        stats = peak_memory_stats(self.name)
+        peaks[self.name] = [stats["peak_accelerator_bytes"], stats["peak_host_bytes"]]
+        ok = [i for i, error in enumerate(errors) if error is None][: self.figures]
+        figures = [
+            (batch[CARRY_COLUMN][i] if CARRY_COLUMN in batch else None,
+             {k: np.asarray(batch[k][i]) for k in batch if k.startswith("enc_") and k != "enc_features"})
+            for i in ok
+        ]
+        column = np.empty(len(errors), dtype=object)
+        if len(column):
+            column[0] = pickle.dumps({"spans": spans, "peaks": peaks, "figures": figures})
+        return column

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -153,6 +154,41 @@ def decode_image(
             "re-download or re-export the file; it cannot be read as stored",
         ) from exc
 
+    return _to_rgb(image, source)
+
+
+def image_from_array(
+    array: Any, source: str = "<array>", limits: DecodeLimits = _DEFAULT_LIMITS
+) -> Image.Image:
+    """An RGB image from decoded pixels: what ``ray.data.read_images`` yields, ``(H, W, C)`` with
+    C in 1, 3, 4, or ``(H, W)``; uint8, or floats in [0, 1]. The same size limit as
+    :func:`decode_image`, and alpha composited over white as there.
+
+    Raises:
+        ImageDecodeError: not an image's shape or dtype, or more pixels than allowed.
+    """
+    pixels = np.asarray(array)
+    if pixels.ndim == 3 and pixels.shape[-1] == 1:
+        pixels = pixels[..., 0]
+    if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[-1] not in (3, 4)) or 0 in pixels.shape:
+        raise ImageDecodeError(
+            source, f"an array of shape {pixels.shape} is not an image",
+            "pass (height, width, channels) pixels with 1, 3 or 4 channels, or the encoded file's bytes",
+        )
+    height, width = pixels.shape[:2]
+    if height * width > limits.max_pixels:
+        raise ImageDecodeError(
+            source, f"{width}x{height} pixels is over the limit of {limits.max_pixels}",
+            "downscale the image, or raise DecodeLimits.max_pixels if it is expected",
+        )
+    if pixels.dtype.kind == "f":
+        pixels = (np.clip(pixels, 0.0, 1.0) * 255.0).round()
+    elif pixels.dtype != np.uint8:
+        raise ImageDecodeError(
+            source, f"pixels of dtype {pixels.dtype} are not 8-bit",
+            "pass uint8 pixels, or floats in [0, 1]",
+        )
+    image = Image.fromarray(np.ascontiguousarray(pixels.astype(np.uint8)))
     return _to_rgb(image, source)
 
 
