@@ -224,3 +224,13 @@ def test_bf16_answers_like_fp32_where_the_logits_are_not_tied(tiny_next):
             assert torch.equal(logits32.argmax(-1)[clear], logits16.argmax(-1)[clear]), (height, width, prompt)
             compared += int(clear.sum())
     assert compared >= len(SIZES) * len(prompts), "too few clear choices: the comparison could not fail"
+
+
+def test_a_processor_leaves_a_cpu_for_the_users_own_stages():
+    """On a 2-CPU node the job's stages reserve the whole node, so a user's 1-CPU read, map or
+    write next to a processor would wait forever; the processor leaves one CPU, threads unchanged."""
+    alone = plan_resources(job(), ClusterShape(nodes=1, node_cpus=2))
+    shared = plan_resources(job(), ClusterShape(nodes=1, node_cpus=2), spare_cpus=1.0)
+    assert alone.vision.num_cpus + alone.llm.num_cpus + alone.decode_cpus == 2
+    assert shared.vision.num_cpus + shared.llm.num_cpus + shared.decode_cpus == 1
+    assert (shared.vision.threads, shared.llm.threads) == (alone.vision.threads, alone.llm.threads)

@@ -26,12 +26,21 @@ from .stages import LLMStage, VisionStage, decode_batch
 Row = dict[str, Any]
 
 
-def apply_stages(config: HiredProcessorConfig, dataset: Any, image_processor: Any, figures: int | None = None):
+# what a processor leaves unreserved on a CPU-only node for the user's own stages (Ray's
+# default task reservation); the job's own read and write tasks take a quarter CPU instead
+USER_STAGE_CPUS = 1.0
+# the processor's last step only unpacks columns: a small share, like the job's read tasks
+FINISH_CPUS = 0.25
+
+
+def apply_stages(
+    config: HiredProcessorConfig, dataset: Any, image_processor: Any, figures: int | None = None, spare_cpus: float = 0.0
+):
     """``dataset`` (rows with ``image`` and optionally ``prompt``) through decode, the vision pool
     and the LLM pool: rows of the LLM stage's numpy columns (see :class:`LLMStage`; ``figures``
     adds a job's ``report`` column). ``image_processor`` is the model's, shipped to the decode
-    tasks."""
-    plan = plan_resources(config, ClusterShape.from_ray())
+    tasks; ``spare_cpus``: see :func:`plan_resources`."""
+    plan = plan_resources(config, ClusterShape.from_ray(), spare_cpus)
     dataset = dataset.map_batches(
         decode_batch,
         batch_size=config.decode_batch_size,
@@ -83,8 +92,8 @@ class Processor:
             ray.init()
         if self.preprocess is not None:
             dataset = dataset.map(self.preprocess, **self.preprocess_map_kwargs)
-        dataset = apply_stages(self.config, dataset, image_processor)
-        dataset = dataset.map_batches(finish_table, batch_format="pyarrow", batch_size=None)
+        dataset = apply_stages(self.config, dataset, image_processor, spare_cpus=USER_STAGE_CPUS)
+        dataset = dataset.map_batches(finish_table, batch_format="pyarrow", batch_size=None, num_cpus=FINISH_CPUS)
         if self.postprocess is not None:
             dataset = dataset.map(self.postprocess, **self.postprocess_map_kwargs)
         return dataset

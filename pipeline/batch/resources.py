@@ -78,30 +78,37 @@ class StagePlan:
     llm: PoolResources
 
 
-def plan_resources(config: HiredProcessorConfig, cluster: ClusterShape) -> StagePlan:
+def plan_resources(config: HiredProcessorConfig, cluster: ClusterShape, spare_cpus: float = 0.0) -> StagePlan:
     """Reservations and threads for ``config``'s stages on ``cluster``.
 
     CPU-only (no GPU in the cluster, none asked for, device not CUDA): shares of a node, divided
     among the actors of a pool that land on the same node. Otherwise the pools' own defaults.
     A pool's explicit ``num_cpus`` / ``num_gpus`` and the model's ``torch_threads`` always win;
     an explicit ``num_cpus`` without ``torch_threads`` gives its whole CPUs as threads.
+
+    ``spare_cpus``: logical CPUs of a CPU-only node the shares leave unreserved (at most half the
+    node), for stages that are not ours: a processor's user reads, maps and writes take Ray's
+    default of 1 CPU a task, and would wait forever behind actors holding the whole node.
+    Threads are not reduced: the stages take turns with the user's.
     """
     pools = {"vision": config.vision, "llm": config.llm}
     gpus = {role: pool.gpus(cluster.gpus) for role, pool in pools.items()}
     cpu_only = not any(gpus.values()) and not config.model.device.startswith("cuda")
-    plans = {role: _pool(config, pool, role, gpus[role], cluster, cpu_only) for role, pool in pools.items()}
-    decode = CPU_SHARES["decode"] * cluster.node_cpus if cpu_only else DECODE_CPUS_ON_GPU
+    reservable = max(cluster.node_cpus - spare_cpus, cluster.node_cpus / 2)
+    plans = {role: _pool(config, pool, role, gpus[role], cluster, cpu_only, reservable) for role, pool in pools.items()}
+    decode = CPU_SHARES["decode"] * reservable if cpu_only else DECODE_CPUS_ON_GPU
     return StagePlan(decode_cpus=min(DECODE_CPUS_ON_GPU, decode), **plans)
 
 
 def _pool(
-    config: HiredProcessorConfig, pool: PoolConfig, role: str, gpus: float, cluster: ClusterShape, cpu_only: bool
+    config: HiredProcessorConfig, pool: PoolConfig, role: str, gpus: float, cluster: ClusterShape, cpu_only: bool,
+    reservable: float,
 ) -> PoolResources:
     per_node = math.ceil(pool.size / cluster.nodes)  # actors of this pool sharing one node
     if pool.num_cpus is not None:
         cpus = pool.num_cpus
     elif cpu_only:
-        cpus = CPU_SHARES[role] * cluster.node_cpus / per_node
+        cpus = CPU_SHARES[role] * reservable / per_node
     else:
         cpus = DEFAULT_POOL_CPUS
     if config.model.torch_threads is not None:
