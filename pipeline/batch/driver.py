@@ -31,9 +31,9 @@ from pipeline.data.units import InputPlan, plan_inputs, plan_rows, read_unit
 from pipeline.model.encoded import EncodedImage
 from pipeline.model.loading import load_image_processor
 
+from .columns import unpack_columns
 from .config import JobConfig
 from .lease import OutputLease
-from .columns import unpack_columns
 from .output import (
     clear_success,
     drop_error_rows,
