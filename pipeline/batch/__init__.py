@@ -1,5 +1,5 @@
 """The dataset job on Ray Data: ``JobConfig`` (``config``), the decode / vision / LLM stages
-(``stages``), length-grouped LLM batches (``batching``), the output columns (``schema``) and the
-driver that runs and writes it (``driver``). Imports ``model``, ``data``, ``tracking.memory``
-and Ray.
+(``stages``; the LLM stage batches continuously with ``pipeline.model.engine``), the output
+columns (``schema``) and the driver that runs and writes it (``driver``). Imports ``model``,
+``data``, ``tracking.memory`` and Ray.
 """

@@ -10,6 +10,7 @@ from hired_ops import DropConfig
 from pipeline.configs import flat_params
 from pipeline.data.images import DecodeLimits
 from pipeline.model.config import ModelConfig, canonical_drop
+from pipeline.model.engine import EngineLimits
 from pipeline.model.generation import DEFAULT_PROMPT, GenerateOptions
 
 # Unset pools on a GPU cluster: one vision and one LLM actor share each GPU.
@@ -91,7 +92,13 @@ class JobConfig:
         retry_errors: first take the rows that ended in an error out of the output, so they are
             done again (a transient read failure need not stay an error).
         limit: process at most this many inputs (after resume filtering).
-        max_padding: padding share the LLM stage accepts before it splits a batch by length.
+        max_num_seqs: rows each LLM actor decodes at once (continuous batching: within one call
+            of llm.batch_size rows, a row whose caption ends frees its slot for the next row at
+            the next step; set llm.batch_size above it for that to matter).
+        max_num_batched_tokens: most tokens one decoding step of an LLM actor feeds the model
+            (one per running row plus the padded prompts it admits).
+        max_padding: largest padding share of one prefill in the LLM stage; a row that would push
+            it higher is prefilled at the next step.
         storage_options: passed to fsspec for the input and output (credentials, endpoints).
     """
 
@@ -109,6 +116,8 @@ class JobConfig:
     resume: bool = True
     retry_errors: bool = False
     limit: int | None = None
+    max_num_seqs: int = 8
+    max_num_batched_tokens: int = 8192
     max_padding: float = 0.1
     storage_options: dict[str, Any] | None = None
 
@@ -123,7 +132,13 @@ class JobConfig:
             raise ValueError("limit must be >= 0")
         if not 0.0 <= self.max_padding < 1.0:
             raise ValueError("max_padding must be in [0, 1)")
+        self.engine_limits  # validates max_num_seqs and max_num_batched_tokens
         object.__setattr__(self, "drop", canonical_drop(self.drop))
+
+    @property
+    def engine_limits(self) -> EngineLimits:
+        """The LLM stage's continuous-batching limits."""
+        return EngineLimits(self.max_num_seqs, self.max_num_batched_tokens, self.max_padding)
 
     def to_params(self) -> dict[str, Any]:
         """Flat MLflow params: ``model``, ``method``, ``budget``, ..., ``vision.size``, ...; the
