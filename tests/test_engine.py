@@ -110,3 +110,19 @@ def test_token_budget_spreads_admission_and_cancelled_waiting_never_start(vlm, c
     engine.run()
     assert isinstance(results[9], Cancelled)
     assert [results[n].token_ids for n in range(3)] == [_reference(vlm, [chats[n]], 4)[0] for n in range(3)]
+
+
+@pytest.mark.slow
+def test_a_seeded_sample_does_not_depend_on_its_batch_mates(vlm, chats):
+    sampled = GenerateOptions(max_new_tokens=8, temperature=1.0, top_p=0.9, seed=-(2**63))
+    alone = vlm.generate_chats([chats[0]], sampled)[0].token_ids
+    engine = Engine(vlm, EngineLimits(max_num_seqs=4))
+    results: dict[int, object] = {}
+    for n in (1, 2):  # other rows, greedy and sampled without a seed, decoding first
+        engine.submit(EngineRequest(*chats[n], GenerateOptions(max_new_tokens=12, temperature=n - 1.0), lambda r, n=n: results.__setitem__(n, r)))
+    engine.step()
+    engine.submit(EngineRequest(*chats[0], sampled, lambda r: results.__setitem__(0, r), top_logprobs=2))
+    engine.run()
+    assert results[0].token_ids == alone
+    logprobs = results[0].logprobs
+    assert [lp.token_id for lp in logprobs] == alone and all(len(lp.top) == 2 and lp.logprob <= 0 for lp in logprobs)
