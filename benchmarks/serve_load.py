@@ -1,7 +1,7 @@
 """Serve load benchmark (issues 5 and 11): bounded load runs against the chat completions
 endpoint on loopback, in one run against one server.
 
-    python benchmarks/serve_load.py [--scenario dropping|hostile] [--requests N] [--concurrency C]
+    python benchmarks/serve_load.py [--scenario dropping|hostile|mixed] [--requests N] [--concurrency C]
 
 ``--scenario dropping`` (issue 5): HiRED at a 20% budget vs full (no dropping).
 ``--scenario hostile`` (issue 11): a clean arm of good requests, then the same good requests with
@@ -10,6 +10,11 @@ bytes that are not an image) plus ``--disconnects`` streamed requests whose clie
 the first event. Reported: 5xx answers (must be 0), every hostile answer's status, p50/p95 of the
 good requests in both arms and their ratio (target within 1.3x), and the LLM replica's resident
 memory before and after the hostile arm (target within 10%).
+``--scenario mixed`` (issue 25): a mix of lengths, ``--long-share`` of the requests (10%) at
+``--long-tokens`` (512) and the rest at ``--max-tokens`` (16), at ``--concurrency`` 32. Reported:
+p50/p95 of the short and of the long requests, completion tokens/s overall, and the LLM
+replica's resident memory before and after. Run it on the code before continuous batching with
+``PYTHONPATH`` pointing at a checkout of that code (``--max-num-seqs`` is ignored there).
 
 It starts a local Ray cluster and the Serve application (``pipeline.serve``) on 127.0.0.1,
 warms it up, then for each arm sends ``--requests`` chat completions from ``--concurrency``
@@ -37,7 +42,7 @@ import statistics
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from urllib.parse import urlsplit
 
 import requests
@@ -170,6 +175,54 @@ def run_arm(
     )
 
 
+@dataclass
+class MixedResult:
+    requests: int
+    errors: int
+    short_p50_s: float
+    short_p95_s: float
+    long_p50_s: float
+    long_p95_s: float
+    completion_tokens: int
+    wall_s: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.completion_tokens / self.wall_s
+
+
+def run_mixed(url: str, model: str, urls: list[str], args: argparse.Namespace) -> MixedResult:
+    """Every ``round(1 / long_share)``-th request asks for ``long_tokens``, the rest for ``max_tokens``."""
+    session = requests.Session()
+    session.mount("http://", requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=args.concurrency))
+    every = round(1 / args.long_share)
+
+    def one(i: int) -> tuple[bool, float, int | None]:
+        body = good_body(i, model, urls, args, None) | ({"max_tokens": args.long_tokens} if i % every == every - 1 else {})
+        start = time.perf_counter()
+        try:
+            reply = session.post(f"{url}/v1/chat/completions", json=body, timeout=600)
+            tokens = reply.json()["usage"]["completion_tokens"] if reply.status_code == 200 else None
+        except (requests.RequestException, ValueError, KeyError):
+            tokens = None
+        return i % every == every - 1, time.perf_counter() - start, tokens
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(args.concurrency) as pool:
+        outcomes = list(pool.map(one, range(args.requests)))
+    wall = time.perf_counter() - start
+    short = [t for long, t, tokens in outcomes if not long and tokens is not None]
+    long = [t for is_long, t, tokens in outcomes if is_long and tokens is not None]
+    return MixedResult(
+        requests=args.requests,
+        errors=sum(1 for *_, tokens in outcomes if tokens is None),
+        short_p50_s=percentile(short, 50), short_p95_s=percentile(short, 95),
+        long_p50_s=percentile(long, 50), long_p95_s=percentile(long, 95),
+        completion_tokens=sum(tokens for *_, tokens in outcomes if tokens is not None),
+        wall_s=wall,
+    )
+
+
 def llm_replica_rss() -> int:
     """Resident bytes of the LLM replica's process (it reports its pid; the server is local)."""
     import psutil
@@ -195,7 +248,7 @@ def print_arms(arms: list[ArmResult]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenario", choices=("dropping", "hostile"), default="dropping")
+    parser.add_argument("--scenario", choices=("dropping", "hostile", "mixed"), default="dropping")
     parser.add_argument("--model", default="hired/tiny-llava-next")
     parser.add_argument("--requests", type=int, default=200, help="good requests per arm")
     parser.add_argument("--concurrency", type=int, default=16, help="client threads")
@@ -203,7 +256,10 @@ def main() -> None:
     parser.add_argument("--disconnect-tokens", type=int, default=512, help="max_tokens of the abandoned streams")
     parser.add_argument("--budget", default="0.2", help="HiRED budget")
     parser.add_argument("--max-tokens", type=int, default=16, help="completion tokens per request")
+    parser.add_argument("--long-share", type=float, default=0.1, help="mixed scenario: share of long requests")
+    parser.add_argument("--long-tokens", type=int, default=512, help="mixed scenario: max_tokens of the long requests")
     parser.add_argument("--max-batch-size", type=int, default=8)
+    parser.add_argument("--max-num-seqs", type=int, default=8, help="LLM requests decoding at once (continuous batching)")
     parser.add_argument("--batch-wait-ms", type=float, default=50.0)
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--json", help="also write the results here")
@@ -219,14 +275,16 @@ def main() -> None:
     from pipeline.serve.app import start
     from pipeline.serve.config import ServeConfig
 
+    engine = {"max_num_seqs": args.max_num_seqs} if "max_num_seqs" in {f.name for f in fields(ServeConfig)} else {}
     config = ServeConfig(
+        **engine,
         model=ModelConfig(name=args.model),
         drop=DropConfig(budget=args.budget),
         allowed_methods=("hired", "full"),
         max_batch_size=args.max_batch_size,
         batch_wait_timeout_s=args.batch_wait_ms / 1000,
         max_ongoing_requests=max(64, 4 * args.concurrency),
-        max_tokens_limit=max(64, args.max_tokens, args.disconnect_tokens),
+        max_tokens_limit=max(64, args.max_tokens, args.disconnect_tokens, args.long_tokens),
     )
     ray.init(include_dashboard=False, log_to_driver=False, _temp_dir="/tmp/hired-ray-bench")
     memory: dict[str, int] = {}
@@ -237,7 +295,12 @@ def main() -> None:
         warm = argparse.Namespace(**{**vars(args), "requests": 2 * args.max_batch_size})
         for override in (None, {"method": "full"}):  # first batches pay for lazy initialisation
             run_arm("warm-up", url, name, urls, override, warm)
-        if args.scenario == "dropping":
+        if args.scenario == "mixed":
+            memory["before"] = llm_replica_rss()
+            mixed = run_mixed(url, name, urls, args)
+            time.sleep(5)
+            memory["after"] = llm_replica_rss()
+        elif args.scenario == "dropping":
             arms = [
                 run_arm(f"hired {args.budget}", url, name, urls, None, args),
                 run_arm("full", url, name, urls, {"method": "full"}, args),
@@ -255,6 +318,19 @@ def main() -> None:
     print(f"\n{args.model}: {args.requests} good requests per arm at concurrency {args.concurrency}, "
           f"max_tokens {args.max_tokens}, max batch {args.max_batch_size}, batch wait {args.batch_wait_ms:g} ms; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}\n")
+    if args.scenario == "mixed":
+        print(f"code: {engine and 'continuous batching, max_num_seqs ' + str(args.max_num_seqs) or 'serve.batch groups'}; "
+              f"{args.long_share:.0%} of requests at {args.long_tokens} tokens, the rest at {args.max_tokens}")
+        print("| requests | errors | short p50 s | short p95 s | long p50 s | long p95 s | completion tokens | wall s | tokens/s |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        print(f"| {mixed.requests} | {mixed.errors} | {mixed.short_p50_s:.3f} | {mixed.short_p95_s:.3f} | {mixed.long_p50_s:.3f} | "
+              f"{mixed.long_p95_s:.3f} | {mixed.completion_tokens} | {mixed.wall_s:.1f} | {mixed.tokens_per_s:.1f} |")
+        print(f"LLM replica RSS: {memory['before'] / 2**20:.0f} MiB before, {memory['after'] / 2**20:.0f} MiB after "
+              f"({memory['after'] / memory['before'] - 1:+.1%})")
+        if args.json:
+            with open(args.json, "w") as out:
+                json.dump({"args": vars(args), "mixed": asdict(mixed), "llm_rss_bytes": memory}, out, indent=2)
+        return
     print_arms(arms)
     if args.scenario == "dropping":
         hired, full = arms

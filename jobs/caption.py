@@ -76,7 +76,9 @@ def add_job_arguments(parser: argparse.ArgumentParser, drop_defaults: dict | Non
     pools = parser.add_argument_group("Ray pools")
     for role in ROLES:
         add_config_arguments(pools, PoolConfig, prefix=f"{role}-", flags=POOL_FLAGS)
-    add_config_arguments(pools, JobConfig, only=("decode_batch_size", "decode_resources", "max_padding"))
+    add_config_arguments(
+        pools, JobConfig, only=("decode_batch_size", "decode_resources", "max_num_seqs", "max_num_batched_tokens", "max_padding")
+    )
     data = parser.add_argument_group("data")
     add_config_arguments(data, JobConfig, only=("limit", "resume", "retry_errors", "min_rows_per_file"))
     add_config_arguments(data, DecodeLimits, flags=DECODE_FLAGS)
@@ -92,11 +94,11 @@ def job_config(args: argparse.Namespace, **given) -> JobConfig:
         decode=build(DecodeLimits, args, flags=DECODE_FLAGS),
         **{role: build(PoolConfig, args, prefix=f"{role}_", flags=POOL_FLAGS) for role in ROLES},
     )
-    return build(
-        JobConfig, args, only=("input", "output", "prompt", "decode_batch_size", "decode_resources", "max_padding", "limit", "resume",
-                             "retry_errors", "min_rows_per_file"),
-        **{**nested, **given},
+    only = (
+        "input", "output", "prompt", "decode_batch_size", "decode_resources", "max_num_seqs", "max_num_batched_tokens",
+        "max_padding", "limit", "resume", "retry_errors", "min_rows_per_file",
     )
+    return build(JobConfig, args, only=only, **{**nested, **given})
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -22,7 +22,7 @@ from pipeline.serve.config import API_KEY_ENV, DeploymentResources, ServeConfig
 SERVE_FIELDS = (
     "served_model_name", "allowed_methods", "min_budget", "max_budget", "default_max_tokens", "max_tokens_limit",
     "max_image_bytes", "max_images_per_request", "max_model_len", "max_batch_size", "batch_wait_timeout_s",
-    "max_ongoing_requests",
+    "max_num_seqs", "max_num_batched_tokens", "max_ongoing_requests",
 )
 DEPLOYMENT = DeploymentResources()
 

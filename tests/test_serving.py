@@ -329,21 +329,28 @@ def test_openai_client_answer_equals_direct_api(client, images, direct):
 
 
 @pytest.mark.slow
-def test_generate_callback_sees_each_rows_tokens(tiny_next, images):
+def test_engine_callbacks_see_each_rows_tokens(tiny_next, images):
+    from pipeline.model.engine import Engine, EngineRequest
+
     model, processor = tiny_next
     vlm = HiredVLM(model, processor, DropConfig(budget=0.2))
     encoded = vlm.encode(images[:3])
     options = GenerateOptions(max_new_tokens=10)
-    steps: list[list[int]] = []
-    streamed = vlm.generate(encoded, [PROMPT] * 3, options, on_tokens=steps.append)
     plain = vlm.generate(encoded, [PROMPT] * 3, options)
-    assert [(g.text, g.generated_tokens) for g in streamed] == [(g.text, g.generated_tokens) for g in plain]
-    # one call per step: up to the longest answer, plus its EOS step unless it hit the limit
-    assert len(steps) == min(options.max_new_tokens, max(g.generated_tokens for g in plain) + 1)
-    assert all(len(step) == 3 for step in steps)
+    seen: list[list[int]] = [[], [], []]
+    done: dict[int, object] = {}
+    engine = Engine(vlm)
+    for row, e in enumerate(encoded):
+        engine.submit(EngineRequest(
+            vlm.prompt_ids(PROMPT), [e], options, lambda g, row=row: done.__setitem__(row, g),
+            on_token=lambda t, row=row: seen[row].append(t) is not None,  # never ends a row early
+        ))
+    engine.run()
+    assert [(done[r].text, done[r].generated_tokens) for r in range(3)] == [(g.text, g.generated_tokens) for g in plain]
     for row, generation in enumerate(plain):
+        assert seen[row] == generation.token_ids  # one call per token, end tokens not passed on
         stream = vlm.text_stream()
-        text = "".join(stream.push(step[row]) for step in steps) + stream.finish()
+        text = "".join(stream.push(t) for t in seen[row]) + stream.finish()
         assert text == generation.text and len(stream.ids) == generation.generated_tokens
 
 

@@ -21,7 +21,8 @@ from pipeline.data.synthetic import random_image
 from pipeline.model.generation import GenerateOptions
 from pipeline.model.vlm import HiredVLM
 from pipeline.serve.config import ServeConfig
-from pipeline.serve.decoding import BatchDecoder, BatchItem, LLMJob
+from pipeline.model.engine import Engine, EngineLimits
+from pipeline.serve.decoding import LLMItem, LLMJob, engine_request
 from pipeline.serve.protocol import ChatCompletionRequest
 from tests.test_serving import MODEL, chat_body, data_url, free_port, png_bytes
 
@@ -123,9 +124,13 @@ def user(text: str, n_images: int = 0) -> list[dict]:
     return [{"role": "user", "content": [*[{"type": "image"}] * n_images, {"type": "text", "text": text}]}]
 
 
-def _decode(vlm: HiredVLM, items: list[BatchItem]) -> list:
+def _decode(vlm: HiredVLM, items: list[LLMItem], on_delta=lambda i, text: None) -> list:
+    """Each item's answer (or exception) from one engine holding them all at once."""
     answers: list = [None] * len(items)
-    BatchDecoder(vlm, items, lambda i, text: None, answers.__setitem__).run()
+    engine = Engine(vlm, EngineLimits(max_num_seqs=len(items)))
+    for i, item in enumerate(items):
+        engine.submit(engine_request(vlm, item, lambda text, i=i: on_delta(i, text), lambda a, i=i: answers.__setitem__(i, a)))
+    engine.run()
     return answers
 
 
@@ -133,9 +138,9 @@ def _decode(vlm: HiredVLM, items: list[BatchItem]) -> list:
 def test_a_failing_request_fails_alone_in_its_batch(vlm, images):
     encoded = vlm.encode(images)
     options = GenerateOptions(max_new_tokens=6)
-    good = [BatchItem(LLMJob(tuple(vlm.chat_ids(user(f"Q{i}", 1))), options), [encoded[i]]) for i in range(3)]
+    good = [LLMItem(LLMJob(tuple(vlm.chat_ids(user(f"Q{i}", 1))), options), [encoded[i]]) for i in range(3)]
     # two image slots for one image: building this row's input fails inside the batch
-    bad = BatchItem(LLMJob(tuple(vlm.chat_ids(user("bad", 2))), options), [encoded[0]])
+    bad = LLMItem(LLMJob(tuple(vlm.chat_ids(user("bad", 2))), options), [encoded[0]])
     together = _decode(vlm, [good[0], bad, good[1], good[2]])
     assert isinstance(together[1], ValueError)
     alone = [_decode(vlm, [item])[0] for item in good]
@@ -147,8 +152,8 @@ def test_a_failing_request_fails_alone_in_its_batch(vlm, images):
 def test_cancelled_rows_end_at_the_next_step_and_queued_ones_never_start(vlm, images):
     encoded = vlm.encode(images[:2])
     options = GenerateOptions(max_new_tokens=40)
-    items = [BatchItem(LLMJob(tuple(vlm.chat_ids(user("Q", 1))), options), [e]) for e in encoded]
-    queued = BatchItem(LLMJob(tuple(vlm.chat_ids(user("Q", 1))), options), [encoded[0]])
+    items = [LLMItem(LLMJob(tuple(vlm.chat_ids(user("Q", 1))), options), [e]) for e in encoded]
+    queued = LLMItem(LLMJob(tuple(vlm.chat_ids(user("Q", 1))), options), [encoded[0]])
     queued.cancel.set()
     steps: list[int] = []
 
@@ -157,13 +162,11 @@ def test_cancelled_rows_end_at_the_next_step_and_queued_ones_never_start(vlm, im
         if i == 0 and steps.count(0) == 3:
             items[0].cancel.set()  # the client of row 0 goes away after its third piece of text
 
-    answers: list = [None] * 3
-    decoder = BatchDecoder(vlm, [*items, queued], on_delta, answers.__setitem__)
-    decoder.run()
-    assert type(answers[2]).__name__ == "Cancelled" and 2 not in decoder.generations
-    # row 0 got one more step (the one in flight), row 1 ran to its limit
-    assert decoder.generations[0].generated_tokens < 10
-    assert decoder.generations[1].generated_tokens == 40
+    answers = _decode(vlm, [*items, queued], on_delta)
+    assert type(answers[2]).__name__ == "Cancelled"
+    # row 0 ended at the step its client left, row 1 ran to its limit
+    assert answers[0]["generated_tokens"] < 10
+    assert answers[1]["generated_tokens"] == 40
 
 
 # -- slow: one Serve deployment on loopback --------------------------------------------------------
@@ -285,6 +288,39 @@ def test_a_client_that_hangs_up_frees_the_replica(server, long_run, mode):
     while _llm_stats(server)["cancelled"] == before and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _llm_stats(server)["cancelled"] == before + 1
+
+
+def _timed(server: str, body: dict) -> tuple[float, dict]:
+    start = time.perf_counter()
+    reply = post(server, body)
+    assert reply.status_code == 200, reply.text
+    return time.perf_counter() - start, reply.json()
+
+
+@pytest.mark.slow
+def test_short_requests_do_not_wait_for_a_long_one_decoding(server):
+    """Continuous batching (issue 25): a request sent while a 500-token one decodes joins the
+    running batch at the next step and leaves when it ends, instead of waiting for the batch."""
+    short = {"model": MODEL, "messages": [{"role": "user", "content": "Hi."}], "max_tokens": 4}
+    long = {"model": MODEL, "messages": [{"role": "user", "content": "Tell a long story."}], "max_tokens": 500}
+    _timed(server, short)  # warm
+    alone = sorted(_timed(server, short)[0] for _ in range(3))[1]
+    long_alone, reply = _timed(server, long)
+    assert reply["usage"]["completion_tokens"] == 500
+    with ThreadPoolExecutor(4) as pool:
+        started = time.perf_counter()
+        running = pool.submit(_timed, server, long)
+        time.sleep(0.3)
+        sequential = [_timed(server, short)[0] for _ in range(2)]  # one after the other
+        together = list(pool.map(lambda _: _timed(server, short)[0], range(3)))  # three at once
+        shorts_done = time.perf_counter() - started
+        long_s, reply = running.result()
+    assert reply["usage"]["completion_tokens"] == 500
+    assert shorts_done < long_s, (shorts_done, long_s)  # they did not wait for the long one to end
+    limit = 2 * alone + 0.3
+    print(f"short alone {alone:.3f} s, long alone {long_alone:.3f} s; with the long one decoding: sequential "
+          f"{[round(t, 3) for t in sequential]}, three at once {[round(t, 3) for t in together]}, long {long_s:.3f} s")
+    assert max(sequential + together) <= limit, (sequential, together, alone, long_alone)
 
 
 @pytest.mark.slow

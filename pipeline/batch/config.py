@@ -10,6 +10,7 @@ from hired_ops import DropConfig
 from pipeline.configs import flat_params
 from pipeline.data.images import DecodeLimits
 from pipeline.model.config import ModelConfig, canonical_drop
+from pipeline.model.engine import EngineLimits
 from pipeline.model.generation import DEFAULT_PROMPT, GenerateOptions
 
 # Unset pools on a GPU cluster: one vision and one LLM actor share each GPU.
@@ -87,7 +88,13 @@ class HiredProcessorConfig:
         decode_batch_size: rows per decode task.
         decode_resources: custom Ray resources each decode task needs, to keep the CPU decoding on
             the nodes that declare them (e.g. {"decode_cpu": 1}), apart from the GPU actors.
-        max_padding: padding share the LLM stage accepts before it splits a batch by length.
+        max_num_seqs: rows each LLM actor decodes at once (continuous batching: within one call
+            of llm.batch_size rows, a row whose caption ends frees its slot for the next row at
+            the next step; set llm.batch_size above it for that to matter).
+        max_num_batched_tokens: most tokens one decoding step of an LLM actor feeds the model
+            (one per running row plus the padded prompts it admits).
+        max_padding: largest padding share of one prefill in the LLM stage; a row that would push
+            it higher is prefilled at the next step.
         storage_options: passed to fsspec for images named by path or URL (credentials,
             endpoints), and for a job's input and output.
         keep_image: keep the image column in the processor's output (it is dropped by default:
@@ -103,6 +110,8 @@ class HiredProcessorConfig:
     llm: PoolConfig = field(default_factory=PoolConfig)
     decode_batch_size: int = 8
     decode_resources: dict[str, float] | None = None
+    max_num_seqs: int = 8
+    max_num_batched_tokens: int = 8192
     max_padding: float = 0.1
     storage_options: dict[str, Any] | None = None
     keep_image: bool = False
@@ -112,7 +121,14 @@ class HiredProcessorConfig:
             raise ValueError("decode_batch_size must be >= 1")
         if not 0.0 <= self.max_padding < 1.0:
             raise ValueError("max_padding must be in [0, 1)")
+        self.engine_limits  # validates max_num_seqs and max_num_batched_tokens
         object.__setattr__(self, "drop", canonical_drop(self.drop))
+
+    @property
+    def engine_limits(self) -> EngineLimits:
+        """The LLM stage's continuous-batching limits."""
+        return EngineLimits(self.max_num_seqs, self.max_num_batched_tokens, self.max_padding)
+
 
 @dataclass(frozen=True, kw_only=True)
 class JobConfig(HiredProcessorConfig):

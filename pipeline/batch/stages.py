@@ -14,6 +14,7 @@ import os
 import pickle
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -22,11 +23,12 @@ import torch
 
 from pipeline.data.image_values import image_source, load_image
 from pipeline.model.encoded import TRANSFER_DTYPES, EncodedImage
+from pipeline.model.engine import Engine, EngineRequest
+from pipeline.model.generation import Generation
 from pipeline.model.pixels import uint8_tiles
 from pipeline.model.replica import load_half
 from pipeline.tracking.memory import peak_memory_stats
 
-from .batching import padding_fraction, plan_batches
 from .columns import CARRY_COLUMN, pack_columns
 from .config import HiredProcessorConfig
 
@@ -207,7 +209,9 @@ class VisionStage(_ModelActor):
 
 
 class LLMStage(_ModelActor):
-    """Projector, prompt assembly and batched generation on fixed-length groups."""
+    """Projector, prompt assembly and generation with continuous batching: the call's rows go
+    through one :class:`~pipeline.model.engine.Engine`, at most ``max_num_seqs`` at a time, and
+    a row whose caption ends frees its slot for the next row at the next step."""
 
     role = "llm"
     half = "language"
@@ -218,13 +222,14 @@ class LLMStage(_ModelActor):
         super().__init__(config, threads)
         self.figures = figures
         self.options = config.generate
-        self.prompt_lengths: dict[str, int] = {}
+        self.engine = Engine(self.vlm, config.engine_limits)
+        self.prompt_ids: dict[str, list[int]] = {}
 
-    def prompt_length(self, prompt: str) -> int:
-        """Text tokens of a formatted prompt, its image slot not counted (cached per prompt)."""
-        if prompt not in self.prompt_lengths:
-            self.prompt_lengths[prompt] = len(self.vlm.prompt_ids(prompt)) - 1
-        return self.prompt_lengths[prompt]
+    def ids(self, prompt: str) -> list[int]:
+        """Token ids of a formatted prompt with its one image slot (cached per prompt)."""
+        if prompt not in self.prompt_ids:
+            self.prompt_ids[prompt] = self.vlm.prompt_ids(prompt)
+        return self.prompt_ids[prompt]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         called = time.time()
@@ -233,30 +238,32 @@ class LLMStage(_ModelActor):
         prompts = [str(p) for p in batch["prompt"]]
         # failed rows carry empty arrays, so every row has an EncodedImage to count from
         kept = [EncodedImage.from_row({k: batch[k][i] for k in batch if k.startswith("enc_")}) for i in range(count)]
-        encoded = {i: kept[i] for i in range(count) if errors[i] is None}
-        lengths = {i: self.prompt_length(prompts[i]) + e.sequence_length for i, e in encoded.items()}
-        order = list(encoded)
+        results: dict[int, Generation | BaseException] = {}
+        requests = {}
+        for i in range(count):
+            if errors[i] is None:
+                try:
+                    requests[i] = EngineRequest(self.ids(prompts[i]), [kept[i]], self.options, partial(results.__setitem__, i))
+                except Exception as error:  # noqa: BLE001 - a prompt that cannot be formatted fails its row
+                    results[i] = error
+        # shortest first: rows admitted together have similar lengths, so prefills carry little padding
+        for i in sorted(requests, key=lambda i: (self.vlm.input_length(requests[i].ids, requests[i].images), i)):
+            self.engine.submit(requests[i])
+        self.engine.run()
         text: list[str | None] = [None] * count
         numbers = {name: np.zeros(count, dtype=np.float32) for name in ("ttft_s", "generate_s", "padding_fraction")}
         generated = np.zeros(count, dtype=np.int32)
         prompt_tokens = np.zeros(count, dtype=np.int32)
-        for group in plan_batches([lengths[i] for i in order], self.config.max_padding):
-            rows = [order[g] for g in group]
-
-            def generate(indices: list[int]):
-                return self.vlm.generate([encoded[i] for i in indices], [prompts[i] for i in indices], self.options)
-
-            pad = padding_fraction([lengths[i] for i in rows])
-            for i, result in _isolating(generate, rows).items():
-                if isinstance(result, Exception):
-                    errors[i] = describe_error(result)
-                    continue
-                text[i] = result.text
-                generated[i] = result.generated_tokens
-                prompt_tokens[i] = result.prompt_tokens
-                numbers["ttft_s"][i] = result.ttft_s
-                numbers["generate_s"][i] = result.generate_s
-                numbers["padding_fraction"][i] = pad
+        for i, result in results.items():
+            if isinstance(result, BaseException):
+                errors[i] = describe_error(result)
+                continue
+            text[i] = result.text
+            generated[i] = result.generated_tokens
+            prompt_tokens[i] = result.prompt_tokens
+            numbers["ttft_s"][i] = result.ttft_s
+            numbers["generate_s"][i] = result.generate_s
+            numbers["padding_fraction"][i] = result.padding_fraction
         out = {k: batch[k] for k in (CARRY_COLUMN, "prompt", "pixel_bytes", "decode_s", "vision_s") if k in batch}
         out["generated_text"] = np.array(text, dtype=object)
         out["error"] = np.array(errors, dtype=object)

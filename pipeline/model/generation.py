@@ -69,7 +69,8 @@ class Generation:
     """One answer with the numbers a job reports.
 
     ``token_ids`` are the answer's tokens up to (not including) the end token; ``logprobs`` has
-    one entry per token of ``token_ids`` when asked for, else None.
+    one entry per token of ``token_ids`` when asked for, else None. ``padding_fraction`` is the
+    share of padding in the prefill the request was admitted with.
     """
 
     text: str
@@ -79,3 +80,4 @@ class Generation:
     generate_s: float
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None
+    padding_fraction: float = 0.0

@@ -2,12 +2,12 @@
 
 * :meth:`HiredVLM.encode`: images -> :class:`EncodedImage` (kept pre-projector features and the
   indices and budgets behind them), plain numpy so it can cross between Ray actor pools.
-* :meth:`HiredVLM.generate`: encoded images + prompts -> text, one left-padded batched prefill;
-  an optional per-step callback sees each row's new token (what :class:`TextStream` turns into
-  text deltas for streaming).
+* :meth:`HiredVLM.generate`: encoded images + prompts -> text, all rows admitted at once into a
+  :class:`~pipeline.model.engine.Engine` (left-padded batched prefill, then decoding).
 * :meth:`HiredVLM.generate_chats`: the same for conversations (:meth:`chat_ids`) holding any
-  number of images, with per-row early finishing (stop strings, cancelled requests) and
-  log-probabilities: what the endpoint runs.
+  number of images, with log-probabilities. The endpoint and the job's LLM stage drive an
+  :class:`~pipeline.model.engine.Engine` themselves, so that requests join and leave at every
+  step.
 
 :meth:`HiredVLM.run` does both in one process. The model is any Hugging Face
 ``LlavaNextForConditionalGeneration`` or ``LlavaForConditionalGeneration`` with its processor.
@@ -16,19 +16,18 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from PIL import Image
-from transformers import StoppingCriteria
-from transformers.generation.streamers import BaseStreamer
 
 from hired_ops import DropConfig, VisionGeometry, encode_and_drop
 
 from .encoded import EncodedImage, check_transfer_dtype
-from .generation import GenerateOptions, Generation, TokenLogprob
+from .engine import Engine, EngineLimits, EngineRequest
+from .generation import GenerateOptions, Generation
 from .loading import load_model
 from .pixels import PixelNormaliser
 from .text_stream import TextStream, truncate_at_stop
@@ -42,55 +41,6 @@ class Result:
     encoded: EncodedImage
     generation: Generation
     timings: dict[str, float] = field(default_factory=dict)
-
-
-class _FirstTokenClock:
-    """Logits processor that notes when the prefill's logits arrive (time to first token)."""
-
-    def __init__(self) -> None:
-        self.first: float | None = None
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if self.first is None:
-            if scores.is_cuda:  # kernels run ahead of the host: wait until the prefill is done
-                torch.cuda.synchronize(scores.device)
-            self.first = time.perf_counter()
-        return scores
-
-
-class _StepStreamer(BaseStreamer):
-    """Hands each decoding step's new token ids (one per row) to a callback, on the generating thread.
-
-    Unlike transformers' text streamers it accepts any batch size: it only forwards ids.
-    """
-
-    def __init__(self, on_tokens: Callable[[list[int]], None]) -> None:
-        self.on_tokens = on_tokens
-
-    def put(self, value: torch.Tensor) -> None:
-        # generate() first puts the prompt ids, (B, 0) when it gets inputs_embeds only; every
-        # decoding step then puts the (B,) new tokens, finished rows holding the pad id.
-        if value.dim() != 1 or value.numel() == 0:
-            return
-        self.on_tokens(value.tolist())
-
-    def end(self) -> None:
-        pass
-
-
-class _RowsFinished(StoppingCriteria):
-    """Ends the rows a caller marks finished after each step (``finished() -> (B,) bools``).
-
-    transformers' own criteria stop on ids or on stop strings shared by the whole batch; rows here
-    end for reasons only the caller knows (their own stop strings, a client that went away). A
-    finished row gets pad tokens from then on, and the batch ends when every row has finished.
-    """
-
-    def __init__(self, finished: Callable[[], Sequence[bool]]) -> None:
-        self.finished = finished
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        return torch.tensor(list(self.finished()), dtype=torch.bool, device=input_ids.device)
 
 
 # one request to the language half: prompt ids holding one image token per image, and the images
@@ -263,76 +213,34 @@ class HiredVLM:
         return batch, mask
 
     def generate(
-        self,
-        encoded: list[EncodedImage],
-        prompts: list[str],
-        options: GenerateOptions | None = None,
-        on_tokens: Callable[[list[int]], None] | None = None,
+        self, encoded: list[EncodedImage], prompts: list[str], options: GenerateOptions | None = None
     ) -> list[Generation]:
-        """Project the kept features and decode, one image and prompt per row, in one batched prefill.
-
-        ``on_tokens``, if given, is called on this thread once per decoding step with the new
-        token id of every row (length ``len(encoded)``; rows that already ended get the pad id).
-        It does not change the results.
-        """
+        """Project the kept features and decode, one image and prompt per row, all rows at once."""
         if len(encoded) != len(prompts):
             raise ValueError(f"{len(encoded)} images but {len(prompts)} prompts")
-        return self.generate_chats([(self.prompt_ids(p), [e]) for e, p in zip(encoded, prompts)], options, on_tokens)
+        return self.generate_chats([(self.prompt_ids(p), [e]) for e, p in zip(encoded, prompts)], options)
 
-    @torch.inference_mode()
     def generate_chats(
-        self,
-        chats: list[ChatInput],
-        options: GenerateOptions | None = None,
-        on_tokens: Callable[[list[int]], None] | None = None,
-        finished: Callable[[], Sequence[bool]] | None = None,
-        top_logprobs: int | None = None,
+        self, chats: list[ChatInput], options: GenerateOptions | None = None, top_logprobs: int | None = None
     ) -> list[Generation]:
-        """Decode a batch of requests (prompt ids from :meth:`chat_ids` with their images).
+        """Decode a batch of requests (prompt ids from :meth:`chat_ids` with their images), all
+        admitted at once into one :class:`~pipeline.model.engine.Engine`; raises the first
+        request's error if any fails.
 
         Args:
-            on_tokens: as in :meth:`generate`.
-            finished: called after every step, after ``on_tokens``; rows it marks True end there
-                (their token of that step is kept), and decoding stops once all rows have ended.
             top_logprobs: if not None, each generation gets ``logprobs`` with this many
                 alternatives per token (0: the chosen token's only).
         """
-        if not chats:
-            return []
         options = options or GenerateOptions()
-        start = time.perf_counter()
-        inputs_embeds, attention_mask = self.embed_chats(chats)
-        clock = _FirstTokenClock()
-        sampling = options.sampling
-        if options.seed is not None:
-            torch.manual_seed(options.seed)
-        output = self.model.generate(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            max_new_tokens=options.max_new_tokens,
-            do_sample=sampling,
-            temperature=options.temperature if sampling else None,
-            top_p=options.top_p if sampling else None,
-            top_k=None,
-            logits_processor=[clock],
-            stopping_criteria=[_RowsFinished(finished)] if finished is not None else None,
-            pad_token_id=self.tokenizer.pad_token_id,
-            streamer=_StepStreamer(on_tokens) if on_tokens is not None else None,
-            return_dict_in_generate=True,
-            output_logits=top_logprobs is not None,
-        )
-        sequences = output.sequences
-        if sequences.is_cuda:
-            torch.cuda.synchronize(sequences.device)
-        end = time.perf_counter()
-        ttft = (clock.first or end) - start
-        results = []
-        for i, sequence in enumerate(sequences):
-            generation = self.finish(sequence.tolist(), int(attention_mask[i].sum()), options, ttft, end - start)
-            if top_logprobs is not None:
-                generation.logprobs = _logprobs(output.logits, i, generation.token_ids, top_logprobs)
-            results.append(generation)
-        return results
+        results: list[Generation | BaseException | None] = [None] * len(chats)
+        engine = Engine(self, EngineLimits(max_num_seqs=max(1, len(chats)), max_num_batched_tokens=2**62))
+        for n, (ids, images) in enumerate(chats):
+            engine.submit(EngineRequest(list(ids), images, options, partial(results.__setitem__, n), top_logprobs))
+        engine.run()
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return results  # type: ignore[return-value]
 
     def finish(self, tokens: list[int], prompt_tokens: int, options: GenerateOptions, ttft_s: float, generate_s: float) -> Generation:
         """One row's generated ``tokens`` (padded past its end) as a :class:`Generation`: cut at
@@ -358,14 +266,3 @@ class HiredVLM:
             Result(g.text, e, g, {"encode_s": encode_s, "ttft_s": g.ttft_s, "generate_s": g.generate_s})
             for e, g in zip(encoded, generations)
         ]
-
-
-def _logprobs(logits: tuple[torch.Tensor, ...], row: int, tokens: list[int], top: int) -> list[TokenLogprob]:
-    """Log-probabilities of ``row``'s ``tokens`` from the raw per-step logits ``(B, V)`` each."""
-    out = []
-    for step, token in enumerate(tokens):
-        logp = torch.log_softmax(logits[step][row].float(), dim=-1)
-        best = torch.topk(logp, top) if top else None
-        alternatives = tuple(zip(best.indices.tolist(), best.values.tolist())) if best is not None else ()
-        out.append(TokenLogprob(token, float(logp[token]), alternatives))
-    return out

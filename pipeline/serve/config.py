@@ -14,6 +14,7 @@ from hired_ops import BUDGETED, METHODS, Budget, DropConfig, parse_method
 from pipeline.configs import from_mapping
 from pipeline.data.images import DecodeLimits
 from pipeline.model.config import ModelConfig, canonical_drop
+from pipeline.model.engine import EngineLimits
 
 logger = logging.getLogger("ray.serve")
 
@@ -65,9 +66,15 @@ class ServeConfig:
         max_images_per_request: images one request may carry; each gets the full budget.
         max_model_len: most positions a request may take, prompt + visual tokens + max_tokens
             (default: the language model's ``max_position_embeddings``; 400 above it).
-        max_batch_size: requests per @serve.batch batch, on both model deployments.
-        batch_wait_timeout_s: how long a batch waits to fill.
-        max_ongoing_requests: per replica; must be at least max_batch_size or batches never fill.
+        max_batch_size: images per @serve.batch batch of the vision deployment.
+        batch_wait_timeout_s: how long a vision batch waits to fill.
+        max_num_seqs: requests the LLM replica decodes at once (continuous batching: a request
+            joins the running batch at the next decoding step with a free row, and leaves it the
+            step it ends).
+        max_num_batched_tokens: most tokens one decoding step of the LLM replica feeds the model
+            (one per running request plus the prompts it admits); a longer prompt is admitted alone.
+        max_ongoing_requests: per replica; must be at least max_batch_size and max_num_seqs, or
+            batches never fill.
         allowed_image_hosts: hosts (name or name:port) remote image URLs may point at.
         api_key: bearer token clients must send (default: no authentication).
         ingress, vision, llm: replicas and resources of each deployment.
@@ -87,6 +94,8 @@ class ServeConfig:
     max_model_len: int | None = None
     max_batch_size: int = 8
     batch_wait_timeout_s: float = 0.05
+    max_num_seqs: int = 8
+    max_num_batched_tokens: int = 8192
     max_ongoing_requests: int = 64
     allowed_image_hosts: tuple[str, ...] = ()
     api_key: str | None = field(default=None, repr=False)
@@ -119,11 +128,13 @@ class ServeConfig:
             raise ValueError(f"max_model_len must be an integer >= 2 (or unset for the model's), got {self.max_model_len!r}")
         if self.default_max_tokens > self.max_tokens_limit:
             raise ValueError(f"default_max_tokens {self.default_max_tokens} exceeds max_tokens_limit {self.max_tokens_limit}")
-        if self.max_ongoing_requests < self.max_batch_size:
-            raise ValueError(
-                f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= max_batch_size "
-                f"({self.max_batch_size}), or a replica never receives enough requests to fill a batch"
-            )
+        self.engine_limits  # validates max_num_seqs and max_num_batched_tokens
+        for name in ("max_batch_size", "max_num_seqs"):
+            if self.max_ongoing_requests < getattr(self, name):
+                raise ValueError(
+                    f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= {name} "
+                    f"({getattr(self, name)}), or a replica never receives enough requests to fill a batch"
+                )
         if not 0 <= self.batch_wait_timeout_s <= 10:
             raise ValueError(f"batch_wait_timeout_s must be in [0, 10] seconds, got {self.batch_wait_timeout_s}")
         self._set("allowed_image_hosts", tuple(h.lower() for h in _names(self.allowed_image_hosts)))
@@ -143,6 +154,11 @@ class ServeConfig:
             return from_mapping(cls, args)
         except TypeError as error:
             raise ValueError(f"bad Serve config args: {error}") from None
+
+    @property
+    def engine_limits(self) -> EngineLimits:
+        """The LLM replica's continuous-batching limits."""
+        return EngineLimits(self.max_num_seqs, self.max_num_batched_tokens)
 
     @property
     def decode_limits(self) -> DecodeLimits:

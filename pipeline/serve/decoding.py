@@ -1,15 +1,13 @@
-"""One LLM batch of the endpoint, on the replica's compute thread: requests grouped by decoding
-options, each row detokenised as it decodes (stop strings end that row, in both response modes),
-rows of clients that went away finished at the next step, and a group that fails before its
-first token retried row by row, so that one request fails alone."""
+"""The endpoint's requests as engine requests, on the replica's compute thread: each request
+detokenised as it decodes (stop strings end that row, in both response modes), its answer built
+with the same counts in both modes, and a client that went away ending its row at the next step
+(:mod:`pipeline.model.engine` admits, decodes and retires the rows)."""
 
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -17,17 +15,16 @@ from typing import Any, TypeVar
 import torch
 
 from pipeline.model.encoded import EncodedImage
+from pipeline.model.engine import Cancelled, EngineRequest
 from pipeline.model.generation import GenerateOptions, Generation, TokenLogprob
 from pipeline.model.vlm import HiredVLM
+
+__all__ = ["Cancelled", "LLMJob", "LLMItem", "engine_request", "group", "logprobs_body", "release_memory"]
 
 T = TypeVar("T")
 logger = logging.getLogger("ray.serve")
 
 _MIN_LOGPROB = -9999.0  # JSON has no -inf; vLLM clamps the same way
-
-
-class Cancelled(Exception):
-    """The client went away before its request started decoding."""
 
 
 @dataclass(frozen=True)
@@ -44,15 +41,10 @@ class LLMJob:
     options: GenerateOptions
     top_logprobs: int | None = None
 
-    @property
-    def group_key(self) -> tuple[GenerateOptions, int | None]:
-        """Requests with equal keys share one ``generate`` call (stop strings are per row)."""
-        return dataclasses.replace(self.options, stop=()), self.top_logprobs
-
 
 @dataclass
-class BatchItem:
-    """One request inside a batch: its job, its images, and the flag its caller sets on leaving."""
+class LLMItem:
+    """One request on the LLM replica: its job, its images, and the flag its caller sets on leaving."""
 
     job: LLMJob
     images: list[EncodedImage]
@@ -67,102 +59,54 @@ def group(keys: Sequence[T]) -> dict[T, list[int]]:
     return groups
 
 
-class BatchDecoder:
-    """Decodes one batch; ``on_delta(i, text)`` and ``on_answer(i, answer | exception)`` are called
-    on this thread as row ``i`` produces text and as it ends. Each row is answered exactly once.
+def engine_request(
+    vlm: HiredVLM,
+    item: LLMItem,
+    on_delta: Callable[[str], None],
+    on_answer: Callable[[dict[str, Any] | BaseException], None],
+) -> EngineRequest:
+    """The engine request for ``item``: ``on_delta(text)`` is called as the answer's text grows,
+    then ``on_answer`` once, with the answer dict or the exception that ended the request.
 
-    An answer is a dict: ``text`` (the concatenated deltas), ``finish_reason``,
+    The answer dict holds ``text`` (the concatenated deltas), ``finish_reason``,
     ``generated_tokens`` (tokens up to and including the one that completed a stop string, the
     same count in both response modes), ``prompt_tokens``, ``visual_tokens``, ``ttft_s``,
-    ``generate_s``. :attr:`generations` holds each decoded row's :class:`Generation` afterwards.
+    ``generate_s``, and ``logprobs`` (OpenAI's object) when the job asked for them.
     """
+    job = item.job
+    stream = vlm.text_stream(job.options.stop)
 
-    def __init__(
-        self,
-        vlm: HiredVLM,
-        items: list[BatchItem],
-        on_delta: Callable[[int, str], None],
-        on_answer: Callable[[int, dict[str, Any] | BaseException], None],
-    ) -> None:
-        self.vlm = vlm
-        self.items = items
-        self.on_delta = on_delta
-        self.on_answer = on_answer
-        self.generations: dict[int, Generation] = {}
+    def on_token(token: int) -> bool:
+        delta = stream.push(token)
+        if delta:
+            on_delta(delta)
+        return stream.done  # a stop string ends the row here
 
-    def run(self) -> None:
-        live = []
-        for i, item in enumerate(self.items):
-            if item.cancel.is_set():  # left while queued: never starts
-                self.on_answer(i, Cancelled())
-            else:
-                live.append(i)
-        for key, members in group([self.items[i].job.group_key for i in live]).items():
-            self._group([live[m] for m in members], *key)
-
-    def _group(self, indices: list[int], options: GenerateOptions, top_logprobs: int | None) -> None:
-        items = self.items
-        streams = {i: self.vlm.text_stream(items[i].job.options.stop) for i in indices}
-        first: dict[int, float] = {}
-        began = time.perf_counter()
-
-        def answer(i: int, now: float) -> dict[str, Any]:
-            stream = streams[i]
-            length = "length" if len(stream.ids) >= options.max_new_tokens and not stream.stopped else "stop"
-            return {
-                "text": stream.sent,
-                "finish_reason": length,
-                "generated_tokens": len(stream.ids),
-                "prompt_tokens": self.vlm.input_length(list(items[i].job.ids), items[i].images),
-                "visual_tokens": sum(e.num_tokens for e in items[i].images),
-                "ttft_s": first.get(i, now),
-                "generate_s": now,
-            }
-
-        def on_tokens(tokens: list[int]) -> None:
-            now = time.perf_counter() - began
-            for i, token in zip(indices, tokens):
-                stream = streams[i]
-                if stream.done:
-                    continue
-                first.setdefault(i, now)
-                delta = stream.push(token)
-                if delta:
-                    self.on_delta(i, delta)
-                if stream.done:
-                    self.on_answer(i, answer(i, now))
-
-        def finished() -> list[bool]:
-            return [streams[i].done or items[i].cancel.is_set() for i in indices]
-
-        try:
-            generations = self.vlm.generate_chats(
-                [(list(items[i].job.ids), items[i].images) for i in indices], options,
-                on_tokens=on_tokens, finished=finished, top_logprobs=top_logprobs,
-            )
-        except Exception as error:  # noqa: BLE001 - reported per request below
-            if len(indices) > 1 and not first:
-                # failed before any token (prefill): run each request alone, so the one that
-                # cannot run fails and its batch-mates answer
-                logger.warning("llm group of %d failed (%s: %s); retrying its requests one by one",
-                               len(indices), type(error).__name__, error)
-                for i in indices:
-                    self._group([i], options, top_logprobs)
-                return
-            logger.exception("llm group failed (%s)", options)
-            for i in indices:
-                if not streams[i].done:
-                    self.on_answer(i, error)
+    def on_done(result: Generation | BaseException) -> None:
+        if isinstance(result, BaseException):
+            on_answer(result)
             return
-        now = time.perf_counter() - began
-        for i, generation in zip(indices, generations):
-            self.generations[i] = generation
-            stream = streams[i]
-            if not stream.done:  # EOS or the token limit: the row ran to the end of the group
-                delta = stream.finish()
-                if delta:
-                    self.on_delta(i, delta)
-                self.on_answer(i, answer(i, now))
+        if not stream.done:  # an end token or the token limit: the rest of the text
+            delta = stream.finish()
+            if delta:
+                on_delta(delta)
+        count = len(stream.ids)
+        answer: dict[str, Any] = {
+            "text": stream.sent,
+            "finish_reason": "length" if count >= job.options.max_new_tokens and not stream.stopped else "stop",
+            "generated_tokens": count,
+            "prompt_tokens": result.prompt_tokens,
+            "visual_tokens": sum(e.num_tokens for e in item.images),
+            "ttft_s": result.ttft_s,
+            "generate_s": result.generate_s,
+        }
+        if job.top_logprobs is not None and result.logprobs is not None:
+            answer["logprobs"] = logprobs_body(vlm, result.logprobs[:count])
+        on_answer(answer)
+
+    return EngineRequest(
+        list(job.ids), item.images, job.options, on_done, job.top_logprobs, on_token=on_token, cancelled=item.cancel.is_set
+    )
 
 
 def logprobs_body(vlm: HiredVLM, logprobs: list[TokenLogprob]) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""The two model deployments, each holding one half of the model and batching with
-``@serve.batch``: ``HiredVision`` (tower + dropping) and ``HiredLLM`` (projector + generation)."""
+"""The two model deployments, each holding one half of the model: ``HiredVision`` (tower +
+dropping, batched with ``@serve.batch``) and ``HiredLLM`` (projector + generation, continuous
+batching: requests join and leave the running batch at every decoding step)."""
 
 from __future__ import annotations
 
@@ -17,18 +18,11 @@ from ray import serve
 
 from hired_ops import DropConfig
 from pipeline.model.encoded import EncodedImage
+from pipeline.model.engine import Engine
 from pipeline.model.replica import load_half, torch_threads
 
 from .config import DeploymentResources, ServeConfig
-from .decoding import (
-    BatchDecoder,
-    BatchItem,
-    Cancelled,
-    LLMJob,
-    group,
-    logprobs_body,
-    release_memory,
-)
+from .decoding import LLMItem, LLMJob, engine_request, group, release_memory
 from .metrics import ServeMetrics
 
 T = TypeVar("T")
@@ -86,11 +80,13 @@ class _ModelReplica:
     async def _run(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._compute, fn)
 
-    def _record(self, size: int, detail: str) -> None:
+    def _record(self, size: int, detail: str | None = None) -> None:
+        """Count a batch (for the LLM: one decoding step's rows); log it if ``detail`` is given."""
         with self._stats_lock:
             self.stats.record(size)
         self.metrics.batch_size.observe(size, tags={"side": self.role})
-        logger.info("%s batch of %d request(s): %s", self.role, size, detail)
+        if detail is not None:
+            logger.info("%s batch of %d request(s): %s", self.role, size, detail)
 
     def _cancelled(self) -> None:
         """Count a request whose caller went away."""
@@ -154,14 +150,14 @@ class HiredVision(_ModelReplica):
 
 @serve.deployment
 class HiredLLM(_ModelReplica):
-    """Projector + batched generation from encoded images.
+    """Projector + generation from encoded images, on one continuous-batching
+    :class:`~pipeline.model.engine.Engine` that the compute thread steps while requests wait or run.
 
     A caller that goes away (its HTTP client disconnected, so Serve cancelled the call) sets its
-    request's flag; the decoder finishes that row at the next step, or never starts it.
+    request's flag; the engine ends that row at the next step, or never admits it.
     """
 
     role = "llm"
-    batched = ("_generate_batch", "_stream_batch")
 
     def __init__(self, config: ServeConfig) -> None:
         super().__init__(config, config.llm, "language")
@@ -169,6 +165,9 @@ class HiredLLM(_ModelReplica):
         if config.max_model_len is not None and config.max_model_len > positions:
             raise ValueError(f"max_model_len {config.max_model_len} exceeds the model's {positions} positions")
         self.max_model_len = config.max_model_len or positions
+        self.engine = Engine(self.vlm, config.engine_limits)
+        self._stepping = False  # whether a stepping loop is queued or running on the compute thread
+        self._stepping_lock = threading.Lock()
 
     def describe(self) -> dict[str, Any]:
         return super().describe() | {"max_model_len": self.max_model_len}
@@ -177,34 +176,44 @@ class HiredLLM(_ModelReplica):
         """Prompt ids of a conversation (chat template applied), off the compute thread."""
         return await asyncio.to_thread(self.vlm.chat_ids, messages)
 
+    def _submit(self, item: LLMItem, on_delta: Callable[[str], None], on_answer: Callable[[Any], None]) -> None:
+        """Queue a request in the engine and make sure the compute thread is stepping."""
+        with self._stepping_lock:
+            self.engine.submit(engine_request(self.vlm, item, on_delta, on_answer))
+            if self._stepping:
+                return
+            self._stepping = True
+        self._compute.submit(self._step_until_idle)
+
+    def _step_until_idle(self) -> None:
+        """Step the engine while requests wait or run (on the compute thread), then give memory back."""
+        while True:
+            with self._stepping_lock:
+                if not self.engine.has_work:
+                    self._stepping = False
+                    break
+            try:
+                size = self.engine.step()
+            except Exception as error:  # noqa: BLE001 - a bug here must not leave callers waiting
+                logger.exception("engine step failed")
+                self.engine.fail_all(error)
+                continue
+            if size:
+                self._record(size)
+        release_memory(self.vlm.device)
+
     async def generate(self, job: LLMJob, *rows: dict[str, Any]) -> dict[str, Any]:
         """The answer for one request (``rows``: its encoded images): text, counts, timings."""
-        item = BatchItem(job, [EncodedImage.from_row(r) for r in rows])
+        item = LLMItem(job, [EncodedImage.from_row(r) for r in rows])
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future = loop.create_future()
+        self._submit(item, lambda text: None, lambda result: loop.call_soon_threadsafe(_settle, answer, result))
         try:
-            return _raise_if_error(await self._generate_batch(item))
+            return _raise_if_error(await answer)
         except asyncio.CancelledError:
             item.cancel.set()
             self._cancelled()
             raise
-
-    @serve.batch()  # sized from the ServeConfig in _ModelReplica.__init__
-    async def _generate_batch(self, items: list[BatchItem]) -> list[dict[str, Any] | BaseException]:
-        self._record(len(items), f"{len(group([i.job.group_key for i in items]))} option group(s)")
-        answers: list[dict[str, Any] | BaseException] = [Cancelled()] * len(items)
-
-        def decode() -> BatchDecoder:
-            decoder = BatchDecoder(self.vlm, items, lambda i, text: None, answers.__setitem__)
-            decoder.run()
-            release_memory(self.vlm.device)
-            return decoder
-
-        decoder = await self._run(decode)
-        for i, answer in enumerate(answers):
-            wanted = items[i].job.top_logprobs is not None
-            if wanted and isinstance(answer, dict) and i in decoder.generations:
-                tokens = decoder.generations[i].logprobs[: answer["generated_tokens"]]
-                answer["logprobs"] = logprobs_body(self.vlm, tokens)
-        return answers
 
     async def generate_stream(self, job: LLMJob, *rows: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """The answer for one request as it is generated (call with ``.options(stream=True)``).
@@ -212,54 +221,40 @@ class HiredLLM(_ModelReplica):
         Yields ``{"delta": str}`` events with new text, the last one also holding ``"answer"``:
         the dict :meth:`generate` returns, for a text that is the concatenation of the deltas.
         """
-        item = BatchItem(job, [EncodedImage.from_row(r) for r in rows])
+        item = LLMItem(job, [EncodedImage.from_row(r) for r in rows])
+        loop = asyncio.get_running_loop()
+        # new text, then the answer or the failure, from the compute thread
+        steps: asyncio.Queue[str | dict[str, Any] | BaseException] = asyncio.Queue()
+
+        def post(payload: str | dict[str, Any] | BaseException) -> None:
+            loop.call_soon_threadsafe(steps.put_nowait, payload)
+
+        self._submit(item, post, post)
         try:
-            async for event in self._stream_batch(item):
-                if isinstance(event, BaseException):
-                    raise event
-                if event["delta"] or "answer" in event:  # steps that add no text stay in this replica
-                    yield event
+            while True:
+                # every step waiting goes into one event: when the replica falls behind the
+                # model, messages per request stay one per event instead of one per token
+                arrived = [await steps.get()]
+                while not steps.empty():
+                    arrived.append(steps.get_nowait())
+                event: dict[str, Any] = {"delta": ""}
+                for payload in arrived:
+                    if isinstance(payload, BaseException):
+                        raise payload
+                    if isinstance(payload, str):
+                        event["delta"] += payload
+                    else:
+                        event["answer"] = payload
+                yield event
+                if "answer" in event:
+                    return
         except (asyncio.CancelledError, GeneratorExit):  # cancelled, or the consumer closed the stream
             item.cancel.set()
             self._cancelled()
             raise
 
-    @serve.batch()  # sized from the ServeConfig in _ModelReplica.__init__
-    async def _stream_batch(
-        self, items: list[BatchItem]
-    ) -> AsyncIterator[list[dict[str, Any] | BaseException | type[StopIteration]]]:
-        """Per decoding step, one item per request: an event, a failure, or ``StopIteration`` once
-        its answer was sent (which ends that request's stream while the batch goes on)."""
-        self._record(len(items), f"streaming, {len(group([i.job.group_key for i in items]))} option group(s)")
-        loop = asyncio.get_running_loop()
-        # (request index, new text | its answer | its failure), from the compute thread
-        steps: asyncio.Queue[tuple[int, str | dict[str, Any] | BaseException]] = asyncio.Queue()
 
-        def post(i: int, payload: str | dict[str, Any] | BaseException) -> None:
-            loop.call_soon_threadsafe(steps.put_nowait, (i, payload))
-
-        def decode() -> None:
-            BatchDecoder(self.vlm, items, post, post).run()
-            release_memory(self.vlm.device)
-
-        work = loop.run_in_executor(self._compute, decode)
-        answered = [False] * len(items)
-        while not all(answered):
-            events: list[dict[str, Any] | BaseException | type[StopIteration]] = [
-                StopIteration if done else {"delta": ""} for done in answered
-            ]
-            # every step waiting goes into one yield: when the replica falls behind the model,
-            # messages per request stay one per yield instead of one per token
-            arrived = [await steps.get()]
-            while not steps.empty():
-                arrived.append(steps.get_nowait())
-            for i, payload in arrived:
-                event = events[i]
-                if isinstance(payload, str) and isinstance(event, dict):
-                    event["delta"] += payload
-                elif isinstance(payload, BaseException):
-                    events[i], answered[i] = payload, True
-                elif isinstance(event, dict):
-                    event["answer"], answered[i] = payload, True
-            yield events
-        await work  # retrieves the job's outcome, so that nothing is left unobserved
+def _settle(future: asyncio.Future, result: Any) -> None:
+    """Resolve ``future`` unless its caller already went away (a cancelled future)."""
+    if not future.done():
+        future.set_result(result)

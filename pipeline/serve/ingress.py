@@ -51,10 +51,10 @@ HTTP contract (``route_prefix`` is ``/``):
   event and ends the stream without ``[DONE]``.
 * A client that disconnects cancels its request: Serve cancels the calls, the LLM replica
   finishes that row at its next decoding step (or drops it before it starts), and a request that
-  fails inside a batch fails alone (its batch-mates are retried one by one).
+  fails in a prefill fails alone (the requests prefilled with it are retried one by one).
 * ``GET /v1/models`` and ``GET /v1/models/{id}`` describe the served model; ``GET /v1/stats``
-  gives batch-size counts of the vision and LLM replicas that answer it; ``GET|HEAD /health`` (no
-  auth) checks both model deployments answer; ``/docs`` and ``/openapi.json`` describe the API.
+  gives batch-size counts of the vision and LLM replicas that answer it (LLM: rows per decoding
+  step); ``GET|HEAD /health`` (no auth) checks both model deployments answer; ``/docs`` and ``/openapi.json`` describe the API.
   Metrics go to Prometheus through Ray Serve's metrics (``metrics.ServeMetrics``).
 * The response's ``usage`` adds ``visual_tokens`` (tokens kept for the image) to the OpenAI
   counts, and a top-level ``hired`` block gives method, budget and timings.
