@@ -67,7 +67,7 @@ def main(input_dir: str, output: str, result_path: str) -> None:
         entry = [
             sys.executable, "-m", "jobs.cli", "caption", input_dir, "--output", output, "--no-tracking",
             "--model", "hired/tiny-llava-next",
-            "--max-new-tokens", "12", "--decode-batch-size", "2", "--vision-batch-size", "2", "--llm-batch-size", "2",
+            "--max-new-tokens", "12", "--decode-batch-size", "2", "--min-rows-per-file", "2", "--vision-batch-size", "2", "--llm-batch-size", "2",
             "--vision-resources", json.dumps({"worker": 0.5}), "--llm-resources", json.dumps({"worker": 0.5}),
             "--decode-resources", json.dumps({"worker": 0.25}),
         ]

@@ -302,6 +302,7 @@ def caption_argv(uri: str, out: Path, pool: int, name: str | None = None) -> lis
         "--tracking-uri", uri, "--experiment", "pools",
         "--max-new-tokens", "2", "--budget", "0.2", "--vision-pool-size", str(pool),
         "--vision-batch-size", "2", "--llm-batch-size", "2", "--decode-batch-size", "2", "--live-interval-s", "0.05",
+        "--min-rows-per-file", "2",  # a step per written file: several files, several steps
     ]  # fmt: skip
     return argv + (["--run-name", name] if name else [])
 

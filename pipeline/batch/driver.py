@@ -152,9 +152,9 @@ def build_dataset(config: JobConfig, dataset: Any, image_processor: Any, writing
         write_rows,
         batch_size=config.min_rows_per_file,
         batch_format="pyarrow",
-        # writing is I/O: a CPU reservation would let the actor pools and decode tasks, which
-        # fill a small node, hold the writes back until the end of the job
-        num_cpus=0,
+        # a quarter CPU, as the read tasks: a task reserving none may land on a head node that
+        # offers no CPUs
+        num_cpus=READ_CPUS,
         fn_kwargs={"config": config, "run_id": writing["run_id"], "lease_owner": writing["lease_owner"]},
     )
 
