@@ -145,7 +145,7 @@ class JobConfig(HiredProcessorConfig):
         limit: process at most this many inputs (after resume filtering).
         min_rows_per_file: rows each output Parquet file holds, the last one of a run excepted
             (Ray Data's ``write_parquet`` name). Finished rows wait in Ray's object store until a
-            file's worth is ready, so an interrupted job redoes at most about this many rows.
+            file's worth is ready; an interrupted job redoes the rows not yet written.
         storage_options: passed to fsspec for the input and output (credentials, endpoints).
     """
 
