@@ -174,20 +174,25 @@ def test_resume_skips_rows_already_written(tmp_path, ray_local):
 
 
 def test_killed_job_resumes_each_row_once(tmp_path):
-    """A real interruption: a first run writes 20 rows, a second is killed part-way (whatever it
-    had finished but not yet written is lost), and a third resumes: every row exactly once.
-
-    The kill is timed, not triggered by a file landing: on 2 cores Ray Data runs the tower's stage
-    ahead of the LLM's, so a job's files come together near its end."""
+    """A real interruption: a first run writes 20 rows, a second is killed as soon as its first
+    file lands (whatever it had finished but not yet written is lost), and a third resumes: every
+    row exactly once. The second run must not be done by then: its files land while it runs, so
+    an interruption redoes only the rows not yet written (they all landed at the job's end while
+    Ray Data left the write tasks no CPU beside the pools)."""
     folder = tmp_path / "images"
     folder.mkdir()
-    rows = 60
+    rows, per_manifest = 60, 10
     for i in range(rows):
         random_image(300 + 5 * i, 500, seed=i).save(folder / f"img_{i:02d}.png")
+    # six manifests, one read unit each, so rows reach the LLM unit by unit (a folder of 60
+    # images is one unit: its rows would travel through the stages as one block)
+    for part in range(rows // per_manifest):
+        lines = [json.dumps({"image": f"images/img_{i:02d}.png"}) for i in range(part * per_manifest, (part + 1) * per_manifest)]
+        (tmp_path / f"part-{part}.jsonl").write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
     command = [
-        sys.executable, "-m", "jobs.cli", "caption", str(folder), "--output", str(out), "--model", TINY_MODEL,
-        "--max-new-tokens", "8", "--vision-batch-size", "2", "--llm-batch-size", "2",
+        sys.executable, "-m", "jobs.cli", "caption", str(tmp_path / "part-*.jsonl"), "--output", str(out),
+        "--model", TINY_MODEL, "--max-new-tokens", "128", "--vision-batch-size", "2", "--llm-batch-size", "2",
         "--decode-batch-size", "2", "--min-rows-per-file", "4", "--no-tracking",
     ]
     env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": str(REPO)}
@@ -195,10 +200,9 @@ def test_killed_job_resumes_each_row_once(tmp_path):
     assert first.returncode == 0, first.stderr[-2000:]
     process = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    lease, deadline = out / ".hired-lease.json", time.time() + 120
-    while time.time() < deadline and not lease.exists() and process.poll() is None:
+    before, deadline = set(out.glob("*.parquet")), time.time() + 240
+    while time.time() < deadline and set(out.glob("*.parquet")) == before and process.poll() is None:
         time.sleep(0.05)
-    time.sleep(10)  # Ray started, actors loading or working
     assert process.poll() is None, "the job ended before it could be interrupted"
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()

@@ -147,7 +147,11 @@ def build_dataset(config: JobConfig, dataset: Any, image_processor: Any, writing
     processor's stages, then write tasks over bundles of ``config.min_rows_per_file`` rows, one
     row of counts per file written (``writing``: run_id, figures and lease_owner).
     ``image_processor`` is the model's (see :func:`load_image_processor`)."""
-    dataset = apply_stages(config, dataset, image_processor, figures=writing["figures"])
+    # The job's read and write tasks are left room beside the pools: Ray Data reserves each
+    # operator's minimum from upstream down, and a write op left with no reservation is
+    # "backpressured (ResourceBudget)" until the stages above it finish, so every file of a job
+    # landed at its end (docs/benchmarks.md, issue 24).
+    dataset = apply_stages(config, dataset, image_processor, figures=writing["figures"], spare_cpus=2 * READ_CPUS)
     return dataset.map_batches(
         write_rows,
         batch_size=config.min_rows_per_file,
