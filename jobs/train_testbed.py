@@ -2,7 +2,8 @@
 
 Reproducible from ``--seed``, and resumable: run the same command again after a stop and each
 stage goes on from its last checkpoint in ``--work-dir``. About 80 minutes on two CPU cores with
-the defaults (docs/testbed.md); a GPU is used where there is one. Losses go to MLflow (experiment
+the defaults (docs/testbed.md); a GPU is used where there is one, and bf16 autocast where bf16 is native
+(GPU, AMX or AVX512-BF16 CPUs). Losses go to MLflow (experiment
 ``hired-testbed``), the trained parts to ``--output`` (loaded by name as ``hired/testbed-llava-next``).
 """
 

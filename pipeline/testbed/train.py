@@ -69,6 +69,9 @@ class TestbedTrainConfig:
         tracking_uri, experiment: the MLflow run; ``tracking_uri=None`` logs nothing.
         log_every: steps between logged losses.
         threads: torch intra-op threads (CPU).
+        bf16: bf16 autocast (mixed precision; the weights stay fp32). ``None`` turns it on where
+            bf16 matmuls are native: GPUs that support it, and CPUs with AMX or AVX512-BF16
+            (``pipeline.model.loading.NATIVE_BF16_FLAGS``); elsewhere it is emulated and slower.
         tower: the vision tower's dimensions.
     """
 
@@ -91,6 +94,7 @@ class TestbedTrainConfig:
     experiment: str = "hired-testbed"
     log_every: int = 5
     threads: int = 2
+    bf16: bool | None = None
     tower: TowerSize = field(default_factory=TowerSize)
 
     def __post_init__(self) -> None:
@@ -195,13 +199,23 @@ def _run_stage(name: str, model: nn.Module, items, collator, steps: int, lr: flo
         remove_unused_columns=False,
         dataloader_num_workers=0,
         use_cpu=not cuda,
-        bf16=cuda and torch.cuda.is_bf16_supported(),
+        bf16=use_bf16(config.bf16),
     )
     trainer = (trainer_class or Trainer)(
         model=model, args=args, train_dataset=items, data_collator=collator, callbacks=[ToRun()]
     )
     trainer.train(resume_from_checkpoint=get_last_checkpoint(str(folder)))
     return folder
+
+
+def use_bf16(requested: bool | None) -> bool:
+    """Whether the stages train under bf16 autocast: ``requested``, or, for ``None``, where the
+    device runs bf16 matmuls natively (what ``pick_dtype`` would run a half-precision model in)."""
+    if requested is not None:
+        return requested
+    from pipeline.model.loading import pick_device, pick_dtype
+
+    return pick_dtype(pick_device(None)) == torch.bfloat16
 
 
 def _final_state(path: Path, module: nn.Module) -> dict[str, torch.Tensor]:
