@@ -177,8 +177,7 @@ def test_killed_job_resumes_each_row_once(tmp_path):
     """A real interruption: a first run writes 20 rows, a second is killed as soon as its first
     file lands (whatever it had finished but not yet written is lost), and a third resumes: every
     row exactly once. The second run must not be done by then: its files land while it runs, so
-    an interruption redoes only the rows not yet written (they all landed at the job's end while
-    Ray Data left the write tasks no CPU beside the pools)."""
+    an interruption redoes only the rows not yet written."""
     folder = tmp_path / "images"
     folder.mkdir()
     rows, per_manifest = 60, 10
