@@ -8,7 +8,8 @@ Two measurements, fp32:
 * answer loss: the mean cross-entropy of the answer tokens of conversations about each scene
   (``questions``: 3 VQA, 3 multiple-choice and 3 POPE questions, as stage 2 trains on;
   ``caption``: the caption alone, as stage 1 trains on), once with the scene's own image and once
-  with a blank image of the same size (the scene's background colour). A model that reads the
+  with a blank image of the same size, filled with the colour of its top-left pixel (the
+  background; in a dense scene, one of its stripes' colours). A model that reads the
   image scores lower with it; equal losses mean it answers from priors alone.
 * scale: the L2 norm of the projected visual tokens against that of the LLM's text embeddings,
   and how alike the visual tokens are (mean cosine to their own mean).
