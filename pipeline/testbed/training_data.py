@@ -20,10 +20,12 @@ from pipeline.tracking.figures import partition_pixels
 from . import questions as q
 from .scenes import COLORS, GLYPHS, SHAPES, TILE, Scene, label_map, make_scene
 
-# Stage-0 labels: each colour-shape pair, each shape, each colour, each glyph.
+# Stage-0 labels of a tile's CLS (multi-label): each colour-shape pair, each shape, each colour, each glyph.
 CLS_LABELS = (
     [f"{c} {s}" for c in COLORS for s in SHAPES] + list(SHAPES) + list(COLORS) + [f"character {g}" for g in GLYPHS]
 )
+# Stage-0 classes of a patch token (one each): background, then every object a patch can show.
+PATCH_CLASSES = ("background", *(f"{c} {s}" for c in COLORS for s in SHAPES), *(f"character {g}" for g in GLYPHS))
 
 
 def training_scene(seed: int, index: int) -> Scene:
@@ -127,8 +129,9 @@ def tile_targets(scene: Scene, geometry: VisionGeometry) -> torch.Tensor:
 
 
 def patch_targets(scene: Scene, geometry: VisionGeometry) -> torch.Tensor:
-    """``(P * side * side, len(CLS_LABELS))`` 0/1 targets, patches of each partition in raster
-    order: the object covering the most of a patch's pixels, if it covers a quarter of them.
+    """``(P * side * side,)`` class indices into :data:`PATCH_CLASSES`, patches of each partition
+    in raster order: the object covering the most of a patch's pixels if it covers a quarter of
+    them, else background (0).
 
     The label map is cut as the processor cuts the image (:func:`partition_pixels`), with nearest
     resampling so object ids never blend.
@@ -142,10 +145,8 @@ def patch_targets(scene: Scene, geometry: VisionGeometry) -> torch.Tensor:
     counts = np.stack([(pixels == i + 1).sum(axis=1) for i in range(len(scene.things))], axis=1)
     owner = counts.argmax(axis=1)
     covered = counts.max(axis=1) * 4 >= patch * patch
-    lookup = torch.zeros(len(scene.things), len(CLS_LABELS))
-    for index, thing in enumerate(scene.things):
-        lookup[index, _names(thing)] = 1
-    return lookup[torch.from_numpy(owner)] * torch.from_numpy(covered)[:, None]
+    lookup = torch.tensor([PATCH_CLASSES.index(thing.label) for thing in scene.things])
+    return lookup[torch.from_numpy(owner)] * torch.from_numpy(covered)
 
 
 class SceneItems(torch.utils.data.Dataset):
