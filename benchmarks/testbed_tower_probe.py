@@ -45,11 +45,8 @@ def score(heads: SceneHeads, processor, geometry: VisionGeometry, density: str, 
     for index in range(UNSEEN_TRAIN_INDEX, UNSEEN_TRAIN_INDEX + scenes):
         scene = make_scene("train", 0, index, density)
         pixels = processor.image_processor(images=[render(scene)], return_tensors="pt")["pixel_values"][0]
-        hidden = heads.tower.pre_layrnorm(heads.tower.embeddings(pixels))
         with torch.no_grad():
-            for layer in heads.tower.encoder.layers[: heads.layers]:
-                hidden = layer(hidden, None)
-            hidden = heads.tower.post_layernorm(hidden)
+            hidden = heads.hidden_states(pixels)
             patch_guess = heads.patches(hidden[:, 1:]).flatten(0, 1)[:, 1:].argmax(1) + 1
             cls_guess = heads.classifier(hidden[:, 0]) > 0
         truth = patch_targets(scene, geometry)

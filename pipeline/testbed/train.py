@@ -126,6 +126,14 @@ class SceneHeads(nn.Module):
         self.classifier = nn.Linear(tower.config.hidden_size, labels)
         self.patches = nn.Linear(tower.config.hidden_size, classes)
 
+    def hidden_states(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Tiles ``(P, 3, 64, 64)`` -> ``(P, 1 + N, D)``: CLS and patch tokens after ``layers``
+        layers, post-layernormed, as the heads read them."""
+        hidden = self.tower.pre_layrnorm(self.tower.embeddings(pixel_values))
+        for layer in self.tower.encoder.layers[: self.layers]:
+            hidden = layer(hidden, None)
+        return self.tower.post_layernorm(hidden)
+
     def forward(self, pixel_values: torch.Tensor, cls_targets: torch.Tensor, patch_targets: torch.Tensor) -> dict:
         """Tiles ``(P, 3, 64, 64)`` and their targets ``(P, labels)`` 0/1, ``(P * N,)`` class ids ->
         the CLS logits' BCE plus the patch logits' cross-entropy, from the hidden states after
@@ -134,10 +142,7 @@ class SceneHeads(nn.Module):
         The patches are one class each (softmax), not multi-label: most patches are background,
         and a per-label BCE let the tower sit at predicting "nothing" (patch accuracy 0.33 after
         1,200 steps, against 0.41 with the softmax, and a plateau from step 400)."""
-        hidden = self.tower.pre_layrnorm(self.tower.embeddings(pixel_values))
-        for layer in self.tower.encoder.layers[: self.layers]:
-            hidden = layer(hidden, None)
-        hidden = self.tower.post_layernorm(hidden)
+        hidden = self.hidden_states(pixel_values)
         cls_loss = nn.functional.binary_cross_entropy_with_logits(self.classifier(hidden[:, 0]), cls_targets)
         patch_loss = nn.functional.cross_entropy(self.patches(hidden[:, 1:]).flatten(0, 1), patch_targets)
         loss = cls_loss + patch_loss
