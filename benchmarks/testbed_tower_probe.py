@@ -27,9 +27,7 @@ from hired_ops import VisionGeometry, vision_tower
 from pipeline.testbed.architecture import TowerSize, build_model
 from pipeline.testbed.scenes import make_scene, render
 from pipeline.testbed.train import SceneHeads
-from pipeline.testbed.training_data import CLS_LABELS, PATCH_CLASSES, patch_targets, tile_targets
-
-UNSEEN_TRAIN_INDEX = 10**6
+from pipeline.testbed.training_data import CLS_LABELS, PATCH_CLASSES, UNSEEN_TRAIN_INDEX, patch_targets, tile_targets
 
 
 def kind_of(name: str) -> str:
