@@ -118,9 +118,9 @@ def test_answers_match_what_is_drawn(density):
 
 @pytest.mark.parametrize("density", ["standard", "dense"])
 def test_patch_targets_name_the_object_each_patch_shows(density):
-    """Stage 0's patch classes: a patch labelled with an object shows that object's colour in
-    most of its pixels, every shape is labelled on some patch of its tile, and the rest is
-    background."""
+    """Stage 0's patch classes: a patch labelled with a shape shows that shape's colour in a
+    quarter of its pixels or more (the labelling rule), every shape is labelled on some
+    sub-image patch, and most patches are background."""
     from hired_ops import VisionGeometry
     from pipeline.testbed.training_data import PATCH_CLASSES, patch_targets
     from pipeline.tracking.figures import partition_pixels
