@@ -14,16 +14,18 @@ random      uniform random subset (``seed``)                      nothing       
 visionzip   dominant by CLS attention + merged contextual tokens  final row and keys  yes
 divprune    greedy max-min diverse subset (cosine distance)       features            no
 coverage    greedy saliency-weighted coverage (SCOPE-like)        final row, features no
+cdpp        greedy MAP of the instruction-conditioned DPP         relevance, features no
+            (CDPruner): relevant *and* mutually diverse tokens
 =========== ===================================================== =================== =========
 
 Under ``global`` every selection scores the flattened pool as one: top-k and the dominant
 tokens of VisionZip rank CLS attention across partitions (each partition's row is a softmax of
-its own tile, so scores are comparable shares of attention), DivPrune and coverage measure
-distances between tokens of different partitions, and VisionZip's contextual targets are spaced
-through the whole image, so a merged group may gather tokens of several partitions (it still
-reports its target's partition and patch). Spatial has no score to rank globally: its
-uniform stride runs through the image's candidates in partition order, which amounts to the
-proportional split.
+its own tile, so scores are comparable shares of attention), DivPrune, coverage and cdpp compare
+tokens of different partitions (cdpp's relevance is normalised over the whole image under every
+allocation), and VisionZip's contextual targets are spaced through the whole image, so a
+merged group may gather tokens of several partitions (it still reports its target's partition
+and patch). Spatial has no score to rank globally: its uniform stride runs through the image's
+candidates in partition order, which amounts to the proportional split.
 """
 
 from __future__ import annotations
@@ -32,9 +34,9 @@ from dataclasses import dataclass
 
 import torch
 
-from . import coverage, divprune, selection, visionzip
+from . import cdpp, coverage, divprune, selection, visionzip
 
-SELECTIONS: tuple[str, ...] = ("topk", "spatial", "random", "visionzip", "divprune", "coverage")
+SELECTIONS: tuple[str, ...] = ("topk", "spatial", "random", "visionzip", "divprune", "coverage", "cdpp")
 # which CLS rows a selection reads ("final": l_final), and whether it needs that layer's keys
 NEEDS: dict[str, tuple[str, ...]] = {
     "topk": ("final",),
@@ -43,8 +45,11 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "visionzip": ("final",),
     "divprune": (),
     "coverage": ("final",),
+    "cdpp": (),
 }
 NEEDS_KEYS: frozenset[str] = frozenset({"visionzip"})
+# selections that read the instruction's relevance (``Pools.relevance``, hired_ops.relevance)
+NEEDS_INSTRUCTION: frozenset[str] = frozenset({"cdpp"})
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,7 @@ class Pools:
         budgets: ``(G,)`` long, tokens to keep per pool, each at most its candidates.
         scores: ``(G, M)`` CLS attention at l_final summed over heads, if the selection reads it.
         keys: ``(G, M, Dk)`` attention keys at l_final, if the selection merges by key.
+        relevance: ``(G, M)`` instruction relevance in [0, 1], if the selection reads it (cdpp).
     """
 
     features: torch.Tensor
@@ -64,6 +70,7 @@ class Pools:
     budgets: torch.Tensor
     scores: torch.Tensor | None = None
     keys: torch.Tensor | None = None
+    relevance: torch.Tensor | None = None
 
     @classmethod
     def whole_image(
@@ -73,11 +80,13 @@ class Pools:
         total: int,
         scores: torch.Tensor | None = None,
         keys: torch.Tensor | None = None,
+        relevance: torch.Tensor | None = None,
     ) -> Pools:
         """One pool of all ``P*N`` tokens (partition-major) for the ``global`` allocation.
 
         Args: features ``(P, N, D)``, candidates ``(P, N)``, scores ``(P, N)``, keys
-        ``(P, N, Dk)``; total: the image's budget, clamped here to its candidates.
+        ``(P, N, Dk)``, relevance ``(P, N)``; total: the image's budget, clamped here to its
+        candidates.
         """
         parts, width = candidates.shape
 
@@ -85,7 +94,7 @@ class Pools:
             return None if t is None else t.reshape(1, parts * width, *t.shape[2:])
 
         budget = torch.tensor([min(int(total), int(candidates.sum()))], dtype=torch.long)
-        return cls(flat(features), flat(candidates), budget, flat(scores), flat(keys))
+        return cls(flat(features), flat(candidates), budget, flat(scores), flat(keys), flat(relevance))
 
 
 @dataclass
@@ -131,6 +140,13 @@ def pick(
         return Picked(divprune.select(pools.features, pools.candidates, pools.budgets))
     if name == "coverage":
         return Picked(coverage.select(pools.features, pools.scores, pools.candidates, pools.budgets, saliency_power))
+    if name == "cdpp":
+        if pools.relevance is None:
+            raise ValueError(
+                "selection 'cdpp' needs the instruction's relevance (Pools.relevance, from "
+                "hired_ops.relevance.instruction_relevance); none was given"
+            )
+        return Picked(cdpp.select(pools.features, pools.relevance, pools.candidates, pools.budgets))
     if name == "visionzip":
         # pools differ in candidates and budget, so the merge runs pool by pool
         picked = [

@@ -20,18 +20,24 @@ from hired_ops import (
     Budget,
     DropConfig,
     PartitionLayout,
+    cdpp,
     coverage,
     divprune,
     drop_image,
     parse_method,
+    selectors,
     split_budget,
     visionzip,
 )
+from hired_ops.relevance import instruction_relevance
 from hired_ops.vision import VisionGeometry
 
 PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 GEOMETRY = VisionGeometry(tile=336, patch=14, pinpoints=tuple(map(tuple, PINPOINTS)), num_layers=24, feature_layer=-2)
 COMBINATIONS = [f"{a}+{s}" for a, s in itertools.product(ALLOCATIONS, SELECTIONS)]
+# drop_image takes no instruction yet, so the selections that read one are checked through
+# selectors.pick (test_cdpp_every_allocation_is_exact_on_padded_images) instead
+DROPPABLE = [m for m in COMBINATIONS if parse_method(m)[1] not in selectors.NEEDS_INSTRUCTION]
 
 
 def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -222,6 +228,220 @@ def test_coverage_ignores_padding():
 
 
 # ------------------------------------------------------------------------------------------
+# Conditional DPP (CDPruner) and instruction relevance
+# ------------------------------------------------------------------------------------------
+
+
+def cdpp_greedy_by_definition(features: torch.Tensor, relevance: torch.Tensor, k: int) -> list[int]:
+    """Greedy max-log-det, written out with determinants; the fill rule once no pick adds volume."""
+    unit = torch.nn.functional.normalize(features.double(), dim=-1)
+    r = relevance.double()
+    kernel = r[:, None] * (unit @ unit.T) * r[None, :]
+    floor = cdpp.EPS * float(kernel.diagonal().max())
+    chosen: list[int] = []
+    for _ in range(k):
+        rest = [v for v in range(features.shape[0]) if v not in chosen]
+        base = float(torch.linalg.det(kernel[chosen][:, chosen])) if chosen else 1.0
+        gain = {v: float(torch.linalg.det(kernel[chosen + [v]][:, chosen + [v]])) / base for v in rest}
+        if max(gain.values()) > floor:
+            chosen.append(max(rest, key=lambda v: (gain[v], -v)))
+        else:
+            chosen.append(max(rest, key=lambda v: (float(r[v]), -v)))
+    return chosen
+
+
+def cdpp_one(features: torch.Tensor, relevance: torch.Tensor, budget: int, candidates=None) -> list[int]:
+    """cdpp on one pool of ``(M, D)`` features, every token a candidate unless told."""
+    if candidates is None:
+        candidates = torch.ones(features.shape[0], dtype=torch.bool)
+    return cdpp.select(features[None], relevance[None], candidates[None], torch.tensor([budget]))[0].tolist()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cdpp_equals_greedy_max_log_det_by_definition(seed):
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.randn(7, 8, generator=generator)  # full rank: every step is a DPP step
+    relevance = torch.rand(7, generator=generator)
+    for k in range(8):
+        expected = sorted(cdpp_greedy_by_definition(features, relevance, k))
+        assert cdpp_one(features, relevance, k) == expected
+        # one factor on every relevance changes no determinant ratio: the zero threshold is relative
+        assert cdpp_one(features, relevance * 1e-6, k) == expected
+
+
+def test_cdpp_with_uniform_relevance_and_orthogonal_features_is_the_brute_force_greedy():
+    # an orthogonal basis: every subset has det 1, so each step is a tie, resolved to the lower index
+    features = torch.eye(6)[[3, 0, 5, 1, 4, 2]]
+    uniform = torch.ones(6)
+    for k in range(7):
+        expected = sorted(cdpp_greedy_by_definition(features, uniform, k))
+        assert cdpp_one(features, uniform, k) == expected == list(range(k))
+    # a scaled basis vector has the same cosine: relevance alone decides, highest first
+    relevance = torch.tensor([0.2, 0.9, 0.5, 1.0, 0.1, 0.7])
+    assert cdpp_one(features, relevance, 3) == sorted(cdpp_greedy_by_definition(features, relevance, 3)) == [1, 3, 5]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_cdpp_breaks_ties_of_relevance_to_the_lower_index(seed):
+    # every d^2 starts at r^2 exactly, whatever the rounding of a normalised feature's length
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.randn(40, 16, generator=generator)
+    assert cdpp_one(features, torch.ones(40), 1) == [0]
+    relevance = torch.full((40,), 0.5)
+    relevance[[7, 23]] = 0.9
+    assert cdpp_one(features, relevance, 1) == [7]
+
+
+def test_cdpp_keeps_the_relevant_token_of_two_equally_diverse_ones():
+    # tokens 1 and 2 are both orthogonal to token 0 and to each other: equally diverse
+    features = torch.eye(3)
+    assert cdpp_one(features, torch.ones(3), 2) == [0, 1]  # a tie without relevance
+    assert cdpp_one(features, torch.tensor([1.0, 0.2, 0.9]), 2) == [0, 2]
+    assert cdpp_one(features, torch.tensor([0.3, 0.2, 0.9]), 1) == [2]
+
+
+def test_cdpp_keeps_one_of_two_identical_tokens_while_others_remain():
+    generator = torch.Generator().manual_seed(0)
+    distinct = torch.randn(3, 8, generator=generator)
+    features = distinct[[0, 0, 1, 2]]  # tokens 0 and 1 are one token twice
+    # even when the copies are the most relevant: a copy adds no volume
+    relevance = torch.tensor([1.0, 1.0, 0.3, 0.3])
+    kept = cdpp_one(features, relevance, 3)
+    assert kept == [0, 2, 3]
+    assert cdpp_one(features, relevance, 4) == [0, 1, 2, 3]  # the copy only once nothing else is left
+
+
+def test_cdpp_fills_by_relevance_once_the_rank_is_spent():
+    # 2-D features: after two picks every residual d^2 is zero, the rest goes by relevance
+    features = unit_vectors([0, 90, 45, 30, 60, 10])
+    relevance = torch.tensor([1.0, 1.0, 0.3, 0.5, 0.5, 0.9])
+    assert cdpp_one(features, relevance, 2) == [0, 1]  # 90 degrees from the first, and as relevant
+    assert cdpp_one(features, relevance, 3) == [0, 1, 5]  # highest relevance left
+    assert cdpp_one(features, relevance, 4) == [0, 1, 3, 5]  # 3 and 4 tie: the lower index
+    assert cdpp_one(features, relevance, 5) == [0, 1, 3, 4, 5]
+    # no relevance at all: no volume anywhere, the lowest candidates; padding is skipped
+    candidates = torch.tensor([False, True, True, False, True, True])
+    assert cdpp_one(features, torch.zeros(6), 3, candidates) == [1, 2, 4]
+
+
+@pytest.mark.parametrize("dim", [2, 16])  # 2: rank spent early, 16: full rank
+def test_cdpp_every_budget_is_exact_in_every_pool(dim):
+    generator = torch.Generator().manual_seed(dim)
+    features = torch.randn(4, 12, dim, generator=generator)
+    features[1, 6:] = features[1, 0]  # copies: rank deficient in another way
+    candidates = torch.rand(4, 12, generator=generator) > 0.3
+    candidates[3] = True
+    candidates[2, :] = False
+    candidates[2, 4] = True  # a lone candidate
+    relevance = torch.rand(4, 12, generator=generator)
+    relevance[0, candidates[0]] = 0.0  # a pool without relevance
+    relevance[~candidates] = 5.0  # padding's relevance is ignored, whatever it holds
+    available = candidates.sum(dim=1)
+    for k in range(13):
+        budgets = torch.minimum(torch.full((4,), k), available)
+        kept = cdpp.select(features, relevance, candidates, budgets)
+        for g in range(4):
+            assert len(kept[g]) == int(budgets[g]) and kept[g].dtype == torch.long
+            assert kept[g].tolist() == sorted(set(kept[g].tolist())), "not ascending or duplicated"
+            assert bool(candidates[g, kept[g]].all()), "a padding token was kept"
+            # pools are independent when batched, and a second run picks the same
+            assert kept[g].tolist() == cdpp_one(features[g], relevance[g], int(budgets[g]), candidates[g])
+        assert [t.tolist() for t in cdpp.select(features, relevance, candidates, budgets)] == [t.tolist() for t in kept]
+    assert kept[3].tolist() == list(range(12))
+
+
+def test_instruction_relevance_is_min_max_normalised_over_the_whole_image():
+    generator = torch.Generator().manual_seed(0)
+    projected = torch.randn(3, 10, 6, generator=generator)
+    instruction = torch.randn(4, 6, generator=generator)
+    candidates = torch.ones(3, 10, dtype=torch.bool)
+    candidates[2, 7:] = False
+    projected[2, 7:] = instruction.mean(dim=0) * 5  # padding as relevant as can be: not counted
+    relevance = instruction_relevance(projected, instruction, candidates)
+    assert relevance.shape == (3, 10) and relevance.dtype == torch.float32
+    score = torch.nn.functional.cosine_similarity(
+        projected.double()[:, :, None, :], instruction.double()[None, None], dim=-1
+    ).mean(dim=-1)
+    low, high = score[candidates].min(), score[candidates].max()
+    expected = ((score - low) / (high - low)).masked_fill(~candidates, 0.0)
+    torch.testing.assert_close(relevance, expected.float())
+    assert float(relevance[candidates].min()) == 0.0 and float(relevance[candidates].max()) == 1.0
+    assert bool((relevance[~candidates] == 0).all())
+    # one range for all partitions: not every partition reaches 1 (per partition, each would)
+    assert sorted(float(relevance[p].max()) for p in range(3)).count(1.0) == 1
+
+
+def test_instruction_relevance_is_uniform_without_an_instruction_or_a_spread():
+    generator = torch.Generator().manual_seed(1)
+    projected = torch.randn(2, 5, 6, generator=generator)
+    candidates = torch.tensor([[True] * 5, [True, True, False, False, False]])
+    none = instruction_relevance(projected, torch.zeros(0, 6), candidates)
+    assert torch.equal(none, candidates.float())
+    # every candidate the same direction: a constant score
+    # every candidate the same direction, at scales whose float32 rounding tilts it a little
+    flat = projected[0, 0].expand(2, 5, 6) * torch.arange(1, 11).float().view(2, 5, 1)
+    instruction = torch.randn(3, 6, generator=generator)
+    assert torch.equal(instruction_relevance(flat, instruction, candidates), candidates.float())
+    one = torch.zeros(2, 5, dtype=torch.bool)
+    one[1, 1] = True  # a single candidate: nothing to spread
+    assert torch.equal(instruction_relevance(projected, instruction, one), one.float())
+
+
+def test_cdpp_needs_relevance_through_pick():
+    pools = selectors.Pools(torch.randn(1, 5, 3), torch.ones(1, 5, dtype=torch.bool), torch.tensor([2]))
+    with pytest.raises(ValueError, match="selection 'cdpp' needs the instruction's relevance"):
+        selectors.pick("cdpp", pools)
+    assert "cdpp" in SELECTIONS and selectors.NEEDS["cdpp"] == () and "cdpp" not in selectors.NEEDS_KEYS
+    assert parse_method("global+cdpp") == ("global", "cdpp") and "cdpp" not in PRESETS
+    assert DropConfig(method="hired+cdpp").needs == ("init",)
+
+
+def test_global_cdpp_compares_relevance_across_partitions():
+    layout = GEOMETRY.layout((672, 672))  # 2x2 grid, every patch a candidate
+    side, P = layout.side, layout.num_partitions
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(P, side * side, 4, generator=generator)
+    candidates = layout.candidate_mask()
+    # the instruction matches sub-image 2's projected tokens only
+    projected = torch.randn(P, side * side, 8, generator=generator)
+    instruction = torch.randn(2, 8, generator=generator)
+    projected[2] = instruction.mean(dim=0) + 0.05 * projected[2]
+    relevance = instruction_relevance(projected, instruction, candidates)
+    pools = selectors.Pools.whole_image(features, candidates, 50, relevance=relevance)
+    assert pools.relevance.shape == (1, P * side * side)
+    kept = selectors.pick("cdpp", pools).kept[0]
+    assert kept.tolist() == cdpp_one(pools.features[0], pools.relevance[0], 50)
+    per_partition = torch.bincount(kept // (side * side), minlength=P)
+    assert per_partition.tolist() == [0, 0, 50, 0, 0]
+
+
+@pytest.mark.parametrize("alloc", ALLOCATIONS)
+def test_cdpp_every_allocation_is_exact_on_padded_images(alloc):
+    # what drop_image will do once it takes the instruction: pools by the allocation, then pick
+    generator = torch.Generator().manual_seed(0)
+    layout = GEOMETRY.layout((336, 200))
+    side, P = layout.side, layout.num_partitions
+    candidates, available = layout.candidate_mask(), layout.available()
+    features = torch.randn(P, side * side, 4, generator=generator)
+    relevance = instruction_relevance(
+        torch.randn(P, side * side, 8, generator=generator), torch.randn(3, 8, generator=generator), candidates
+    )
+    init = torch.rand(side * side, generator=generator)
+    for total in (0, 1, 7, 200, int(available.sum()) - 1, int(available.sum()) + 5):
+        if alloc == "global":
+            pools = selectors.Pools.whole_image(features, candidates, total, relevance=relevance)
+        else:
+            scores = layout.subimage_coverage() @ init if alloc == "hired" else None
+            budgets = split_budget(alloc, total, available, 0.5, scores)
+            pools = selectors.Pools(features, candidates, budgets, relevance=relevance)
+        kept = selectors.pick("cdpp", pools).kept
+        assert [len(k) for k in kept] == pools.budgets.tolist()
+        assert sum(len(k) for k in kept) == min(total, int(available.sum()))
+        for g, k in enumerate(kept):
+            assert bool(pools.candidates[g, k].all()) and k.tolist() == sorted(set(k.tolist()))
+
+
+# ------------------------------------------------------------------------------------------
 # Allocation
 # ------------------------------------------------------------------------------------------
 
@@ -324,7 +544,7 @@ sizes = st.tuples(st.integers(20, 3000), st.integers(20, 3000))
     size=sizes,
     single=st.booleans(),
     budget=st.one_of(st.floats(0.001, 1.0), st.integers(1, 3500)),
-    method=st.sampled_from(COMBINATIONS + list(PRESETS)),
+    method=st.sampled_from(DROPPABLE + list(PRESETS)),
     seed=st.integers(0, 2**16),
 )
 def test_every_combination_keeps_exactly_its_budget(size, single, budget, method, seed):
@@ -356,7 +576,7 @@ def test_every_combination_keeps_exactly_its_budget(size, single, budget, method
         assert torch.equal(kept.features, features[kept.partition, kept.patch])
 
 
-@pytest.mark.parametrize("method", COMBINATIONS)
+@pytest.mark.parametrize("method", DROPPABLE)
 def test_each_combination_is_exact_on_padded_and_single_partition_images(method):
     # hypothesis samples combinations; this pins every one of them on two fixed geometries
     generator = torch.Generator().manual_seed(0)
