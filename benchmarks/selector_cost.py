@@ -5,9 +5,11 @@ against the vision tower that produced its inputs, on the bench-size LLaVA-NeXT.
 
 The tower runs once on one 640x480 image (the truncated loop with CLS hooks at l_init and
 l_final and the l_final keys kept, as ``encode_and_drop`` runs it when every input is needed);
-that run is the tower's time. Each method then runs ``drop_image`` on the captured features,
-attention rows and keys, on the CPU; its time is the median of ``--repeats`` runs after one
-warm-up. The ratio is selection time over tower time: what a method adds to the vision stage.
+that run is the tower's time. Each method then runs ``drop_tokens`` on the captured features,
+attention rows and keys, on the CPU (an instruction-aware selection also scores relevance to
+QUESTION: the candidates through the projector against the question's embedding rows); its time
+is the median of ``--repeats`` runs after one warm-up. The ratio is selection time over tower
+time: what a method adds to the vision stage.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 
 import torch
 
-from hired_ops import DropConfig, VisionGeometry, drop_image, run_tower, vision_tower
+from hired_ops import DropConfig, TowerOutput, VisionGeometry, drop_tokens, run_tower, vision_tower
 from pipeline.data.synthetic import random_image
 from pipeline.model.builtin import build_model
 
@@ -36,7 +38,11 @@ METHODS = (
     "even+divprune",
     "scope",
     "even+coverage",
+    "hired-cdpp",
+    "cdpruner",
 )
+# the instruction the instruction-aware selections read (cdpp): a typical VQA question
+QUESTION = "What colour is the car parked on the left of the street?"
 
 
 def time_call(fn, repeats: int) -> float:
@@ -73,13 +79,16 @@ def main() -> None:
     tower_s = time.perf_counter() - start
     init_scores, final_scores = capture.summed(0)[0], capture.summed(l_final)
     final_keys = capture.keys[l_final]
+    output = TowerOutput(layout, features, init_scores, final_scores, final_keys)
+    question = torch.tensor(processor.tokenizer(QUESTION, add_special_tokens=False)["input_ids"])
 
     rows = []
     for method in METHODS:
         config = DropConfig(method=method, budget=args.budget)
 
         def select(config: DropConfig = config):
-            return drop_image(config, layout, features, geometry.max_tokens, init_scores, final_scores, final_keys)
+            with torch.inference_mode():
+                return drop_tokens(model, output, config, geometry, question)
 
         kept = select()
         seconds = time_call(select, args.repeats)

@@ -1,5 +1,5 @@
 """HiRED token dropping in pure torch: budgets, allocation, selection, baselines and newer
-selectors (VisionZip, DivPrune, SCOPE-like coverage), composable as ``"allocation+selection"``.
+selectors (VisionZip, DivPrune, SCOPE-like coverage, CDPruner's instruction-conditioned DPP), composable as ``"allocation+selection"``.
 
 No Ray, no MLflow, no I/O: usable alone on any Hugging Face LLaVA-NeXT or LLaVA model::
 
@@ -21,7 +21,7 @@ from .methods import (
 )
 from .partition import PartitionLayout, select_grid_resolution
 from .selectors import SELECTIONS
-from .vision import VisionGeometry, encode_and_drop, run_tower, vision_tower
+from .vision import TowerOutput, VisionGeometry, drop_tokens, encode_and_drop, run_images, run_tower, vision_tower
 
 __all__ = [
     "ALLOCATIONS",
@@ -34,15 +34,18 @@ __all__ = [
     "DropConfig",
     "KeptTokens",
     "PartitionLayout",
+    "TowerOutput",
     "VisionGeometry",
     "allocate",
     "capped_proportional",
     "capture_cls_attention",
     "cls_attention_row",
     "drop_image",
+    "drop_tokens",
     "encode_and_drop",
     "largest_remainder",
     "parse_method",
+    "run_images",
     "run_tower",
     "select_grid_resolution",
     "split_budget",

@@ -30,11 +30,16 @@ PRESETS: dict[str, tuple[str, str]] = {
     "visionzip": ("even", "visionzip"),
     "divprune": ("global", "divprune"),
     "scope": ("global", "coverage"),
+    # instruction-aware: CDPruner's conditional DPP over the whole image as its paper runs it, and
+    # the same selection inside HiRED's partition budgets
+    "cdpruner": ("global", "cdpp"),
+    "hired-cdpp": ("hired", "cdpp"),
 }
 # methods that keep what they choose: no budget, no allocation
 UNBUDGETED: tuple[str, ...] = ("full", "prumerge", "prumerge+")
 METHODS: tuple[str, ...] = (
-    "hired", "full", "spatial", "random", "prumerge", "prumerge+", "visionzip", "divprune", "scope"
+    "hired", "full", "spatial", "random", "prumerge", "prumerge+", "visionzip", "divprune", "scope", "cdpruner",
+    "hired-cdpp",
 )
 
 
@@ -156,6 +161,11 @@ class DropConfig:
         return init + selectors.NEEDS[self.selection]
 
     @property
+    def needs_instruction(self) -> bool:
+        """Whether the selection reads the instruction (each image's prompt reaches the drop)."""
+        return self.selection in selectors.NEEDS_INSTRUCTION
+
+    @property
     def needs_keys(self) -> bool:
         """Whether the method merges by the attention keys of layer l_final."""
         return self.method in ("prumerge", "prumerge+") or self.selection in selectors.NEEDS_KEYS
@@ -208,6 +218,7 @@ def drop_image(
     init_scores: torch.Tensor | None = None,
     final_scores: torch.Tensor | None = None,
     final_keys: torch.Tensor | None = None,
+    relevance: torch.Tensor | None = None,
 ) -> KeptTokens:
     """Apply ``config`` to one image.
 
@@ -218,6 +229,8 @@ def drop_image(
         init_scores: ``(N,)`` full-image CLS attention at ``l_init``, summed over heads.
         final_scores: ``(P, N)`` CLS attention at ``l_final``, summed over heads.
         final_keys: ``(P, N, Dk)`` keys at ``l_final`` (PruMerge's and VisionZip's merge).
+        relevance: ``(P, N)`` instruction relevance in [0, 1] (:mod:`hired_ops.relevance`), for a
+            selection that reads it.
     """
     candidates = layout.candidate_mask()
     available = candidates.sum(dim=1)
@@ -230,11 +243,11 @@ def drop_image(
     else:
         total = config.budget.resolve(max_tokens)
         if config.allocation == "global":
-            pools = selectors.Pools.whole_image(features, candidates, total, final_scores, final_keys)
+            pools = selectors.Pools.whole_image(features, candidates, total, final_scores, final_keys, relevance)
         else:
             subimage_scores = layout.subimage_coverage() @ init_scores.float() if config.allocation == "hired" else None
             budgets = allocation.split_budget(config.allocation, total, available, config.alpha, subimage_scores)
-            pools = selectors.Pools(features, candidates, budgets, final_scores, final_keys)
+            pools = selectors.Pools(features, candidates, budgets, final_scores, final_keys, relevance)
         picked = selectors.pick(
             config.selection, pools, config.seed, config.visionzip_dominant, config.coverage_power
         )

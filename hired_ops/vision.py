@@ -6,6 +6,11 @@ Three lines on any such model::
     kept = encode_and_drop(model, inputs["pixel_values"], inputs.get("image_sizes"), DropConfig(budget=0.2))
     # kept[i].features: (K_i, D) pre-projector features, kept[i].budgets, kept[i].kept_indices()
 
+A selection that reads the instruction (``hired+cdpp``) takes each image's prompt as token ids,
+``encode_and_drop(..., instructions=[ids, ...])``, scored with the model's own projector and input
+embedding table. :func:`run_images` and :func:`drop_tokens` are the two steps apart, so that one
+tower run serves several questions about an image.
+
 Only torch here: the model is read through its attributes, not imported classes.
 """
 
@@ -19,6 +24,7 @@ from torch import nn
 from .attention import capture_cls_attention
 from .methods import DropConfig, KeptTokens, drop_image
 from .partition import PartitionLayout
+from .relevance import instruction_relevance
 
 
 @dataclass(frozen=True)
@@ -143,24 +149,42 @@ def flatten_partitions(
     return torch.cat([pv[:n] for pv, n in zip(pixel_values, counts)])
 
 
+@dataclass
+class TowerOutput:
+    """One image's vision-tower output: everything a method's drop reads.
+
+    Attributes:
+        layout: the image's geometry (P partitions of N patches).
+        features: ``(P, N, D)`` pre-projector patch features (CLS removed).
+        init_scores: ``(N,)`` full-image CLS attention at ``l_init``, if the method reads it.
+        final_scores: ``(P, N)`` CLS attention at ``l_final``, if the method reads it.
+        final_keys: ``(P, N, Dk)`` attention keys at ``l_final``, if the method merges by key.
+    """
+
+    layout: PartitionLayout
+    features: torch.Tensor
+    init_scores: torch.Tensor | None = None
+    final_scores: torch.Tensor | None = None
+    final_keys: torch.Tensor | None = None
+
+
 @torch.inference_mode()
-def encode_and_drop(
+def run_images(
     model: nn.Module,
     pixel_values: torch.Tensor,
     image_sizes: torch.Tensor | list[tuple[int, int]] | None,
     config: DropConfig,
     geometry: VisionGeometry | None = None,
-) -> list[KeptTokens]:
-    """Vision tower + token dropping for a batch of images.
+) -> list[TowerOutput]:
+    """The vision tower on a batch of images, capturing what ``config``'s method reads.
 
     Args:
         model: a ``LlavaNextForConditionalGeneration`` or ``LlavaForConditionalGeneration``.
         pixel_values: the processor's output, ``(B, P_max, 3, H, W)`` (anyres) or ``(B, 3, H, W)``.
         image_sizes: ``(B, 2)`` original ``(height, width)``; ``None`` for single-partition models.
-        config: the dropping method and its budget.
 
     Returns:
-        One :class:`KeptTokens` per image, features in the tower's dtype.
+        One :class:`TowerOutput` per image; features in the tower's dtype on its device.
     """
     geometry = geometry or VisionGeometry.from_model(model)
     if geometry.pinpoints is not None and image_sizes is None:
@@ -182,19 +206,84 @@ def encode_and_drop(
     init_rows = capture.summed(config.l_init % num_layers) if "init" in config.needs else None
     final_rows = capture.summed(l_final % num_layers) if "final" in config.needs else None
     final_keys = capture.keys.get(l_final % num_layers)
-    results, start = [], 0
+    outputs, start = [], 0
     for layout, count in zip(layouts, counts):
         part = slice(start, start + count)
-        results.append(
-            drop_image(
-                config,
+        outputs.append(
+            TowerOutput(
                 layout,
                 features[part],
-                geometry.max_tokens,
                 init_scores=init_rows[start].cpu() if init_rows is not None else None,
                 final_scores=final_rows[part].cpu() if final_rows is not None else None,
                 final_keys=final_keys[part].cpu() if final_keys is not None else None,
             )
         )
         start += count
-    return results
+    return outputs
+
+
+@torch.inference_mode()
+def relevance_to(model: nn.Module, output: TowerOutput, instruction: torch.Tensor | None) -> torch.Tensor:
+    """``(P, N)`` relevance of an image's candidates to an instruction's token ids ``(Q,)``
+    (:func:`hired_ops.relevance.instruction_relevance`): the candidates through the model's own
+    projector, against the rows of its input embedding table. ``None`` or ``Q = 0``: uniform."""
+    inner = getattr(model, "model", model)
+    projector = inner.multi_modal_projector
+    table = model.get_input_embeddings()
+    ids = instruction if instruction is not None else torch.zeros(0, dtype=torch.long)
+    words = table(ids.to(table.weight.device))  # (Q, D_llm)
+    projected = projector(output.features.to(next(projector.parameters()).dtype))  # (P, N, D_llm)
+    return instruction_relevance(projected, words, output.layout.candidate_mask()).cpu()
+
+
+def drop_tokens(
+    model: nn.Module,
+    output: TowerOutput,
+    config: DropConfig,
+    geometry: VisionGeometry,
+    instruction: torch.Tensor | None = None,
+) -> KeptTokens:
+    """Apply ``config`` to one image's tower output; ``instruction`` ``(Q,)`` token ids feed a
+    selection that reads it (:data:`hired_ops.selectors.NEEDS_INSTRUCTION`), and are ignored
+    by every other."""
+    relevance = relevance_to(model, output, instruction) if config.needs_instruction else None
+    return drop_image(
+        config,
+        output.layout,
+        output.features,
+        geometry.max_tokens,
+        init_scores=output.init_scores,
+        final_scores=output.final_scores,
+        final_keys=output.final_keys,
+        relevance=relevance,
+    )
+
+
+@torch.inference_mode()
+def encode_and_drop(
+    model: nn.Module,
+    pixel_values: torch.Tensor,
+    image_sizes: torch.Tensor | list[tuple[int, int]] | None,
+    config: DropConfig,
+    geometry: VisionGeometry | None = None,
+    instructions: list[torch.Tensor | None] | None = None,
+) -> list[KeptTokens]:
+    """Vision tower + token dropping for a batch of images.
+
+    Args:
+        model: a ``LlavaNextForConditionalGeneration`` or ``LlavaForConditionalGeneration``.
+        pixel_values: the processor's output, ``(B, P_max, 3, H, W)`` (anyres) or ``(B, 3, H, W)``.
+        image_sizes: ``(B, 2)`` original ``(height, width)``; ``None`` for single-partition models.
+        config: the dropping method and its budget.
+        instructions: per image, the instruction's token ids ``(Q_i,)`` (the prompt, tokenised
+            without special tokens), for a selection that reads it; ``None`` is no instruction.
+
+    Returns:
+        One :class:`KeptTokens` per image, features in the tower's dtype.
+    """
+    geometry = geometry or VisionGeometry.from_model(model)
+    outputs = run_images(model, pixel_values, image_sizes, config, geometry)
+    instructions = instructions if instructions is not None else [None] * len(outputs)
+    if len(instructions) != len(outputs):
+        raise ValueError(f"{len(outputs)} images but {len(instructions)} instructions")
+    return [drop_tokens(model, out, config, geometry, ids) for out, ids in zip(outputs, instructions)]

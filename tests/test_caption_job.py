@@ -140,6 +140,27 @@ def test_pipeline_output_equals_direct_api(tmp_path, ray_local, tiny_next):
         assert len(answers) > 1, "all answers equal: the comparison could not fail"
 
 
+def test_rows_asking_different_questions_of_one_image_keep_their_own_tokens(tmp_path, ray_local, tiny_next):
+    """hired-cdpp through the job: a manifest asks four questions of one image, so one vision
+    batch carries four prompts; each row is answered as the direct API answers its own prompt."""
+    random_image(500, 700, seed=11).save(tmp_path / "scene.png")
+    questions = ["What colour is the car?", "Is there a dog on the left?", "Count the red squares.", "Describe the image."]
+    lines = [json.dumps({"id": f"q{i}", "image": "scene.png", "prompt": q}) for i, q in enumerate(questions)]
+    (tmp_path / "questions.jsonl").write_text("\n".join(lines) + "\n")
+    drop = DropConfig(method="hired-cdpp", budget=0.1)
+    run_job(small_job(str(tmp_path / "questions.jsonl"), str(tmp_path / "out"), drop=drop))
+    rows = {r["id"]: r for r in read_output(str(tmp_path / "out"))}
+    model, processor = tiny_next
+    vlm = HiredVLM(model, processor, drop)
+    image = decode_image((tmp_path / "scene.png").read_bytes(), source="scene.png")
+    options = GenerateOptions(max_new_tokens=6)
+    own = [vlm.run([image], q, options)[0].text for q in questions]
+    blind = [g.text for g in vlm.generate(vlm.encode([image] * len(questions)), questions, options)]
+    assert own != blind, "tokens chosen without the question answer the same: the test could not fail"
+    assert [rows[f"q{i}"]["text"] for i in range(len(questions))] == own
+    assert all(rows[f"q{i}"]["visual_tokens"] == 288 and rows[f"q{i}"]["method"] == "hired-cdpp" for i in range(len(questions)))
+
+
 def test_s3_input_and_output(tmp_path, ray_local, s3_server):
     s3_server.create_bucket("data")
     images = make_mixed_images(tmp_path / "images")[:6]

@@ -108,7 +108,7 @@ def test_yaml_config_parses_and_builds_the_app(monkeypatch):
     built = builder(app.args)
     assert isinstance(built, Application)
     config = ServeConfig.from_dict(yaml_args())
-    assert config.allowed_methods == ("hired", "spatial", "random", "full") and config.budget_range(MAX_VISUAL) == (64, 2880)
+    assert config.allowed_methods == ("hired", "hired-cdpp", "spatial", "random", "full") and config.budget_range(MAX_VISUAL) == (64, 2880)
 
 
 def test_cli_flags_make_the_config(monkeypatch):
@@ -438,6 +438,32 @@ def test_budget_override_equals_direct_api(client, images, direct):
     assert reply.choices[0].message.content == expected.text
     assert reply.usage.visual_tokens == 300
     assert reply.model_extra["hired"]["method"] == "spatial"
+
+
+@pytest.mark.slow
+def test_concurrent_questions_about_one_image_keep_their_own_tokens(client, images, tiny_next):
+    """hired-cdpp over HTTP: four questions about one image sent at once (the vision replica
+    batches them), each answered as the direct API answers it from that question's tokens."""
+    model, processor = tiny_next
+    vlm = HiredVLM(model, processor)
+    drop, options = DropConfig(method="hired-cdpp", budget=0.1), GenerateOptions(max_new_tokens=8)
+    questions = ["What colour is the car?", "Is there a dog on the left?", "Count the red squares.", PROMPT]
+    own = [vlm.run([images[0]], question, options, drop)[0].text for question in questions]
+    # the test can tell: tokens chosen without the question give other answers
+    blind = [g.text for g in vlm.generate(vlm.encode([images[0]] * len(questions), drop), questions, options)]
+    assert own != blind
+    url = data_url(png_bytes(images[0]))
+
+    def ask(question: str):
+        return client.chat.completions.create(
+            model=MODEL, messages=chat_body(url, question)["messages"], max_tokens=8,
+            extra_body={"hired": {"method": "hired-cdpp", "budget": 0.1}},
+        )
+
+    with ThreadPoolExecutor(len(questions)) as pool:
+        replies = list(pool.map(ask, questions))
+    assert [reply.choices[0].message.content for reply in replies] == own
+    assert all(reply.usage.visual_tokens == 288 for reply in replies)  # 10% of 2880
 
 
 @pytest.mark.slow

@@ -161,7 +161,8 @@ class VisionStage(_ModelActor):
                 "pixel_values": [torch.from_numpy(np.asarray(batch["pixel_values"][i])) for i in indices],
                 "image_sizes": torch.from_numpy(np.stack([batch["image_size"][i] for i in indices])),
             }
-            return self.vlm.encode(pixels)
+            # each row's own prompt: an instruction-aware selection keeps that row's tokens
+            return self.vlm.encode(pixels, prompts=[str(batch[PROMPT_COLUMN][i]) for i in indices])
 
         start = time.perf_counter()
         results = _isolating(encode, ok) if ok else {}

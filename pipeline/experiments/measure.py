@@ -149,7 +149,7 @@ def time_request(
     start = time.perf_counter()
     pixels = vlm.preprocess(list(images))
     preprocessed = time.perf_counter()
-    encoded = vlm.encode(pixels, drop)
+    encoded = vlm.encode(pixels, drop, [prompt] * len(images))
     encoded_at = time.perf_counter()
     generations = vlm.generate(encoded, [prompt] * len(images), options)
     done = time.perf_counter()

@@ -144,14 +144,19 @@ def load_model(
 def keep_half(model: torch.nn.Module, half: str) -> torch.nn.Module:
     """Free the half of a LLaVA model that a split deployment never runs.
 
-    ``half="vision"`` keeps the tower and projector (a vision actor); ``"language"`` keeps the
-    projector and the LLM (generation from embeddings never runs the tower). The freed submodules
-    are removed (set to ``None``), so their memory goes and ``model.to(device)`` moves only the
-    rest.
+    ``half="vision"`` keeps the tower, the projector and the LLM's input embedding table (an
+    instruction-aware selection scores tokens against the prompt's embeddings; the table is
+    32000 x 4096 on a 7B LLaVA-NeXT, 0.26 GB in fp16), the LLM's layers and head go;
+    ``"language"`` keeps the projector and the LLM (generation from embeddings never runs the
+    tower). The freed submodules are removed (set to ``None``), so their memory goes and
+    ``model.to(device)`` moves only the rest.
     """
     inner = getattr(model, "model", model)
     if half == "vision":
+        table = model.get_input_embeddings()
         inner.language_model = None
+        # transformers' get_input_embeddings() finds an ``embed_tokens`` attribute first
+        inner.embed_tokens = table
         if getattr(model, "lm_head", None) is not None:
             model.lm_head = None
     elif half == "language":

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from hired_ops import DropConfig, VisionGeometry, encode_and_drop
+from hired_ops import DropConfig, TowerOutput, VisionGeometry, drop_tokens, run_images
 
 from .encoded import EncodedImage, check_transfer_dtype
 from .engine import Engine, EngineLimits, EngineRequest
@@ -97,13 +97,45 @@ class HiredVLM:
         out = self.processor.image_processor(images=images, return_tensors="pt")
         return {"pixel_values": out["pixel_values"], "image_sizes": out.get("image_sizes")}
 
-    def encode(self, images: list[Image.Image] | dict[str, Any], drop: DropConfig | None = None) -> list[EncodedImage]:
-        """Vision tower + dropping: one :class:`EncodedImage` per image."""
-        pixels = images if isinstance(images, dict) else self.preprocess(images)
-        kept = encode_and_drop(
-            self.model, self.tower_input(pixels["pixel_values"]), pixels["image_sizes"], drop or self.drop, self.geometry
-        )
-        return [EncodedImage.from_kept(k, self.transfer_dtype) for k in kept]
+    def encode(
+        self,
+        images: list[Image.Image] | dict[str, Any],
+        drop: DropConfig | None = None,
+        prompts: list[str | None] | None = None,
+    ) -> list[EncodedImage]:
+        """Vision tower + dropping: one :class:`EncodedImage` per image.
+
+        ``prompts`` (one per image, the user's instruction as :meth:`generate` takes it) reach a
+        selection that reads the instruction; every other method ignores them.
+        """
+        drop = drop or self.drop
+        outputs = self._tower(images if isinstance(images, dict) else self.preprocess(images), drop)
+        prompts = prompts if prompts is not None else [None] * len(outputs)
+        if len(prompts) != len(outputs):
+            raise ValueError(f"{len(outputs)} images but {len(prompts)} prompts")
+        return [self._drop(output, drop, prompt) for output, prompt in zip(outputs, prompts)]
+
+    def encode_questions(self, image: Image.Image, prompts: list[str], drop: DropConfig | None = None) -> list[EncodedImage]:
+        """One image asked several questions: the tower runs once, and each prompt gets its own
+        drop when the selection reads the instruction (one shared drop otherwise)."""
+        drop = drop or self.drop
+        (output,) = self._tower(self.preprocess([image]), drop)
+        if not drop.needs_instruction:
+            return [self._drop(output, drop, None)] * len(prompts)
+        return [self._drop(output, drop, prompt) for prompt in prompts]
+
+    def _tower(self, pixels: dict[str, Any], drop: DropConfig) -> list[TowerOutput]:
+        return run_images(self.model, self.tower_input(pixels["pixel_values"]), pixels["image_sizes"], drop, self.geometry)
+
+    def _drop(self, output: TowerOutput, drop: DropConfig, prompt: str | None) -> EncodedImage:
+        ids = self.instruction_ids(prompt) if drop.needs_instruction and prompt is not None else None
+        return EncodedImage.from_kept(drop_tokens(self.model, output, drop, self.geometry, ids), self.transfer_dtype)
+
+    def instruction_ids(self, prompt: str) -> torch.Tensor:
+        """``(Q,)`` the instruction's token ids as a selection reads them: the prompt's own text,
+        tokenised without special tokens or the chat template, image slots removed."""
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        return torch.tensor([t for t in ids if t != self.image_token_id], dtype=torch.long)
 
     def tower_input(self, pixel_values: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
         """Normalised tiles on the tower's device: uint8 ``(P, 3, H, W)`` tiles (see
@@ -259,7 +291,7 @@ class HiredVLM:
         """Encode, drop and generate for a batch of images in this process."""
         prompts = [prompts] * len(images) if isinstance(prompts, str) else prompts
         start = time.perf_counter()
-        encoded = self.encode(images, drop)
+        encoded = self.encode(images, drop, prompts)
         encode_s = time.perf_counter() - start
         generations = self.generate(encoded, prompts, options)
         return [

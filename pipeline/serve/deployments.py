@@ -121,26 +121,32 @@ class HiredVision(_ModelReplica):
     def __init__(self, config: ServeConfig) -> None:
         super().__init__(config, config.vision, "vision")
 
-    async def encode(self, image: Image.Image, drop: DropConfig) -> dict[str, Any]:
-        """One image's kept tokens; ``features`` is ``(K, D)`` in the transfer dtype."""
-        return _raise_if_error(await self._encode_batch(image, drop))
+    async def encode(self, image: Image.Image, drop: DropConfig, instruction: str | None = None) -> dict[str, Any]:
+        """One image's kept tokens; ``features`` is ``(K, D)`` in the transfer dtype.
+        ``instruction`` (the request's text about the image) reaches a selection that reads it."""
+        return _raise_if_error(await self._encode_batch(image, drop, instruction))
 
     @serve.batch()  # sized from the ServeConfig in _ModelReplica.__init__
-    async def _encode_batch(self, images: list[Image.Image], drops: list[DropConfig]) -> list[dict[str, Any] | BaseException]:
+    async def _encode_batch(
+        self, images: list[Image.Image], drops: list[DropConfig], instructions: list[str | None]
+    ) -> list[dict[str, Any] | BaseException]:
         groups = group(drops)
         self._record(len(images), f"{len(groups)} drop config(s)")
-        return await self._run(lambda: self._encode_groups(images, groups))
+        return await self._run(lambda: self._encode_groups(images, groups, instructions))
 
-    def _encode_groups(self, images: list[Image.Image], groups: dict[DropConfig, list[int]]) -> list[dict[str, Any] | BaseException]:
+    def _encode_groups(
+        self, images: list[Image.Image], groups: dict[DropConfig, list[int]], instructions: list[str | None]
+    ) -> list[dict[str, Any] | BaseException]:
         results: list[dict[str, Any] | BaseException] = [None] * len(images)  # type: ignore[list-item]
         for drop, indices in groups.items():
             try:
-                for i, enc in zip(indices, self.vlm.encode([images[i] for i in indices], drop)):
+                encoded = self.vlm.encode([images[i] for i in indices], drop, [instructions[i] for i in indices])
+                for i, enc in zip(indices, encoded):
                     results[i] = enc.to_row()
             except Exception as error:  # noqa: BLE001 - reported to the callers below
                 if len(indices) > 1:  # one image must not fail its batch-mates: each alone
                     for i in indices:
-                        results[i] = self._encode_groups(images, {drop: [i]})[i]
+                        results[i] = self._encode_groups(images, {drop: [i]}, instructions)[i]
                     continue
                 logger.exception("vision request failed (%s)", drop)
                 results[indices[0]] = error

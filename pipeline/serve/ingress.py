@@ -276,7 +276,10 @@ class HiredIngress:
         model = self.config.served_model_name
         # the vision responses are handed to the LLM unresolved: Serve passes the kept features
         # from one deployment to the other without routing them through this replica
-        encoded = [self.vision.encode.remote(image, parsed.drop) for image in images]
+        encoded = [
+            self.vision.encode.remote(image, parsed.drop, instruction)
+            for image, instruction in zip(images, parsed.instructions)
+        ]
         calls: list[Any] = list(encoded)
         try:
             if parsed.stream:

@@ -91,9 +91,11 @@ def chance(task: str, rows: list[dict]) -> float:
 def answer_setting(
     vlm: HiredVLM, questions: dict[str, list[dict]], eval_dir: Path, setting: Setting
 ) -> tuple[dict[str, list[str]], dict[str, float]]:
-    """Every question under ``setting``: each image encoded once, all questions about it
-    answered from its shared prefix. Returns the replies by task, in row order, and the mean
-    visual tokens kept per image of each task."""
+    """Every question under ``setting``: each image through the tower once, all questions about
+    it answered from its shared prefix; under a selection that reads the instruction, each
+    question keeps its own tokens (one drop per question from the one tower run) and is answered
+    with them. Returns the replies by task, in row order, and the mean visual tokens kept per
+    image of each task."""
     drop = setting.apply(DropConfig())
     asked: dict[str, list[tuple[str, int]]] = {}
     for task, rows in questions.items():
@@ -102,11 +104,15 @@ def answer_setting(
     replies = {task: [""] * len(rows) for task, rows in questions.items()}
     kept: dict[str, int] = {}
     for path, pairs in asked.items():
-        with Image.open(Path(eval_dir) / path) as image:
-            encoded = vlm.encode([image.convert("RGB")], drop)[0]
-        kept[path] = encoded.num_tokens
         prompts = [get_task(task).build_prompt(questions[task][index]) for task, index in pairs]
-        for (task, index), generation in zip(pairs, answer_questions(vlm, encoded, prompts, OPTIONS)):
+        with Image.open(Path(eval_dir) / path) as image:
+            encoded = vlm.encode_questions(image.convert("RGB"), prompts, drop)
+        kept[path] = encoded[0].num_tokens  # budgets are exact, so every question keeps as many
+        if drop.needs_instruction:
+            generations = vlm.generate(encoded, prompts, OPTIONS)
+        else:
+            generations = answer_questions(vlm, encoded[0], prompts, OPTIONS)
+        for (task, index), generation in zip(pairs, generations):
             replies[task][index] = generation.text
     tokens = {}
     for task, rows in questions.items():

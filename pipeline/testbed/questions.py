@@ -20,6 +20,7 @@ glyph, position), ``multiple_choice`` (the same kinds with lettered choices) and
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import dataclass
 
 from pipeline.model.generation import DEFAULT_PROMPT
@@ -72,6 +73,15 @@ def caption(scene: Scene) -> str:
     parts = [_with_article(t.label) if t.kind != "glyph" else f"the {t.label}" for t in sorted(scene.things, key=lambda t: t.x)]
     text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     return text[0].upper() + text[1:] + "."
+
+
+def named_objects(text: str, scene: Scene) -> int:
+    """How many of ``scene``'s objects ``text`` names by label ("red circle", "character 7"),
+    each label counted at most as often as the scene holds it: the numerator of a caption's
+    object recall (the denominator is ``len(scene.things)``)."""
+    lowered = text.lower()
+    held = Counter(thing.label for thing in scene.things)
+    return sum(min(count, lowered.count(label)) for label, count in held.items())
 
 
 def _unique(scene: Scene, attribute: str) -> list:
