@@ -24,6 +24,8 @@ METHODS = [
     "global+random",
     "hired+divprune",
     "hired+coverage",
+    "hired-cdpp",
+    "cdpruner",
 ]
 
 
@@ -53,7 +55,7 @@ def test_full_budget_selection_equals_stock_model(request, stock_logits, fixture
     vlm = HiredVLM(model, processor, DropConfig(method=method, budget=1.0), transfer_dtype="float32")
     for (height, width), expected in zip(SIZES, stock_logits(fixture)):
         image = random_image(height, width, seed=height + width)
-        encoded = vlm.encode([image])
+        encoded = vlm.encode([image], prompts=[PROMPT])
         reference = full.encode([image])[0]
         for field in ("features", "partition", "patch", "newline_after"):
             assert (getattr(encoded[0], field) == getattr(reference, field)).all(), field
