@@ -213,19 +213,24 @@ def markdown_table(results: list[TaskResult], eval_dir: Path, limit: int | None 
     return "\n".join(lines)
 
 
-def draw_settings(vlm: HiredVLM, image: Image.Image, settings: Sequence[Setting], out: Path) -> None:
-    """One PNG of ``image``'s kept patches under each setting, stacked top to bottom."""
+def draw_settings(vlm: HiredVLM, image: Image.Image, settings: Sequence[Setting], out: Path,
+                  questions: Sequence[str] = ()) -> None:
+    """One PNG of ``image``'s kept patches under each setting, stacked top to bottom; a setting
+    whose selection reads the question gets one panel per prompt of ``questions``."""
     import io
 
     from pipeline.tracking.figures import draw_kept_patches
 
     panels = []
     for setting in settings:
-        encoded = vlm.encode([image], setting.apply(DropConfig()))[0]
-        figure = draw_kept_patches(image, encoded, vlm.geometry, title=setting.label)
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=80)
-        panels.append(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
+        drop = setting.apply(DropConfig())
+        asked = list(questions) if drop.needs_instruction and questions else [None]
+        for prompt, encoded in zip(asked, vlm.encode([image] * len(asked), drop, asked)):
+            title = setting.label if prompt is None else f"{setting.label}: {prompt.splitlines()[0]}"
+            figure = draw_kept_patches(image, encoded, vlm.geometry, title=title)
+            buffer = io.BytesIO()
+            figure.savefig(buffer, format="png", dpi=80)
+            panels.append(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
     sheet = Image.new("RGB", (max(p.width for p in panels), sum(p.height for p in panels)), "white")
     top = 0
     for panel in panels:
@@ -265,9 +270,11 @@ def main(argv: list[str] | None = None) -> int:
         args.csv.write_text(csv_text([{key: row.get(key, "") for key in columns} for row in rows]))
     if args.figures:
         args.figures.mkdir(parents=True, exist_ok=True)
-        for path in list(dict.fromkeys(row["image"] for row in load_rows(args.eval_dir, "vqa")))[: args.scenes]:
+        rows = load_rows(args.eval_dir, "vqa")
+        for path in list(dict.fromkeys(row["image"] for row in rows))[: args.scenes]:
+            asked = [get_task("vqa").build_prompt(row) for row in rows if row["image"] == path]
             with Image.open(args.eval_dir / path) as image:
-                draw_settings(vlm, image.convert("RGB"), settings, args.figures / f"kept-{Path(path).stem}.png")
+                draw_settings(vlm, image.convert("RGB"), settings, args.figures / f"kept-{Path(path).stem}.png", asked)
     return 0
 
 
