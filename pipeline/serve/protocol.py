@@ -240,14 +240,10 @@ class ChatRequest:
         """Per image, in slot order, the text an instruction-aware selection scores against: the
         text of the user turn that holds the image (the question asked of it, as a job row's
         prompt is), or the last user turn's for an image sent without text."""
-        texts = [
-            next(p["text"] for p in m["content"] if p["type"] == "text") for m in self.messages if m["role"] == "user"
-        ]
+        users = [m for m in self.messages if m["role"] == "user"]
+        texts = [next(p["text"] for p in m["content"] if p["type"] == "text") for m in users]
         last = texts[-1] if texts else ""
-        out: list[str] = []
-        for message, text in zip((m for m in self.messages if m["role"] == "user"), texts):
-            out += [text or last] * sum(p["type"] == "image" for p in message["content"])
-        return tuple(out)
+        return tuple(text or last for m, text in zip(users, texts) for p in m["content"] if p["type"] == "image")
 
 
 def validation_error(errors: list[dict[str, Any]]) -> ApiError:
