@@ -10,7 +10,7 @@ selection   what it keeps                                         reads         
 =========== ===================================================== =================== =========
 topk        HiRED phase 2: highest l_final CLS attention          final CLS row       no
 spatial     uniform stride through the candidates                 nothing             no
-random      uniform random subset (``seed``)                      nothing             no
+random      uniform random subset, drawn per image (``seed``)     nothing             no
 visionzip   dominant by CLS attention + merged contextual tokens  final row and keys  yes
 divprune    greedy max-min diverse subset (cosine distance)       features            no
 coverage    greedy saliency-weighted coverage (SCOPE-like)        final row, features no
@@ -121,7 +121,8 @@ def pick(
     """Run selection ``name`` on every pool.
 
     Args:
-        seed: for "random" (one generator per call, drawn from pool by pool).
+        seed: for "random" (one generator per image, seeded from ``seed`` and the image's
+            features, drawn from pool by pool).
         dominant_share: VisionZip's dominant share of each budget.
         saliency_power: exponent on saliency in the coverage score.
     """
@@ -132,7 +133,7 @@ def pick(
     if name == "spatial":
         return Picked([selection.uniform(pools.candidates[g], budgets[g]) for g in range(count)])
     if name == "random":
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator().manual_seed(selection.image_seed(seed, pools.features))
         return Picked(
             [selection.random_subset(pools.candidates[g], budgets[g], generator) for g in range(count)]
         )

@@ -15,7 +15,7 @@ from pipeline.batch.config import HiredProcessorConfig
 from pipeline.data.synthetic import random_image
 from pipeline.model.config import ModelConfig
 from pipeline.model.loading import keep_half, load_image_processor
-from pipeline.model.vlm import HiredVLM
+from pipeline.model.vlm import HiredVLM, distinct_images, take_images
 from pipeline.serve.config import ServeConfig
 from pipeline.serve.protocol import ChatCompletionRequest
 from tests.conftest import TINY_MODEL
@@ -112,20 +112,45 @@ def test_vision_half_keeps_the_embedding_table_and_scores_the_same():
 
 
 def test_one_tower_run_serves_every_question_of_an_image(vlm, monkeypatch):
-    image = random_image(480, 640, seed=6)
+    """Rows holding the same pixels (the testbed's questions of one image; a job or a request
+    batch asking several questions of one image, each row decoded on its own) share one tower
+    run, and each still keeps its own question's tokens."""
+    image, other = random_image(480, 640, seed=6), random_image(500, 300, seed=7)
     drop = DropConfig(method="hired-cdpp", budget=0.2)
-    runs = []
+    alone = {q: tokens(vlm.encode([image], drop, [q])[0]) for q in QUESTIONS}
+    other_alone = tokens(vlm.encode([other], drop, [QUESTIONS[0]])[0])
+    towers: list[int] = []
     original = run_images
 
-    def counted(*args, **kwargs):
-        runs.append(1)
-        return original(*args, **kwargs)
+    def counted(model, pixel_values, *args, **kwargs):
+        towers.append(len(pixel_values))
+        return original(model, pixel_values, *args, **kwargs)
 
     monkeypatch.setattr("pipeline.model.vlm.run_images", counted)
     asked = vlm.encode_questions(image, QUESTIONS, drop)
-    assert len(runs) == 1
-    monkeypatch.undo()
-    assert [tokens(e) for e in asked] == [tokens(vlm.encode([image], drop, [q])[0]) for q in QUESTIONS]
+    assert towers == [1]
+    rows = [image, other, *[image.copy() for _ in QUESTIONS[1:]]]
+    batch = vlm.encode(rows, drop, [QUESTIONS[0], QUESTIONS[0], *QUESTIONS[1:]])
+    assert towers == [1, 2]
+    assert [tokens(e) for e in asked] == [alone[q] for q in QUESTIONS]
+    assert tokens(batch[1]) == other_alone
+    assert [tokens(batch[0])] + [tokens(e) for e in batch[2:]] == [alone[q] for q in QUESTIONS]
+
+
+def test_rows_share_a_tower_run_only_when_their_pixels_and_size_are_equal():
+    """Equal tiles and size share; one changed value off the signature's sample grid, or another
+    size with the same tiles, does not."""
+    first, second = torch.rand(5, 3, 32, 32), torch.rand(5, 3, 32, 32)
+    nudged = first.clone()
+    nudged.view(-1)[1] += 1.0  # 15,360 values, the signature samples every 15th
+    values = torch.stack([first, second, first.clone(), nudged, first.clone()])
+    sizes = torch.tensor([[64, 96], [64, 96], [64, 96], [64, 96], [96, 64]])
+    firsts, image_of = distinct_images({"pixel_values": values, "image_sizes": sizes})
+    assert (firsts, image_of) == ([0, 1, 3, 4], [0, 1, 0, 2, 3])
+    as_list = distinct_images({"pixel_values": list(values), "image_sizes": sizes})
+    assert as_list == (firsts, image_of)
+    taken = take_images({"pixel_values": values, "image_sizes": sizes}, firsts)
+    assert torch.equal(taken["pixel_values"], values[[0, 1, 3, 4]]) and taken["image_sizes"].tolist() == sizes[[0, 1, 3, 4]].tolist()
 
 
 def test_the_same_question_keeps_the_same_tokens_in_job_serve_and_evaluate(vlm, tmp_path):

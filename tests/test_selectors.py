@@ -386,6 +386,27 @@ def test_instruction_relevance_is_uniform_without_an_instruction_or_a_spread():
     assert torch.equal(instruction_relevance(projected, instruction, one), one.float())
 
 
+def test_random_draws_afresh_for_each_image_and_again_for_the_same_image():
+    """Images of one layout keep their own random subsets, so over many images every position is
+    kept about equally often (one seed for all images would keep the same 8 positions in each);
+    the same image keeps the same subset, and another seed draws anew."""
+    candidates, budgets = torch.ones(2, 64, dtype=torch.bool), torch.tensor([8, 8])
+    generator = torch.Generator().manual_seed(0)
+
+    def kept(features: torch.Tensor, seed: int = 0) -> list[list[int]]:
+        return [k.tolist() for k in selectors.pick("random", selectors.Pools(features, candidates, budgets), seed).kept]
+
+    images = [torch.randn(2, 64, 16, generator=generator) for _ in range(200)]
+    counts = torch.zeros(2, 64)
+    for features in images:
+        for p, picks in enumerate(kept(features)):
+            counts[p, picks] += 1
+    assert counts.sum() == 200 * 16 and counts.max() <= 50 and counts.min() >= 8  # expected 25 each
+    first = images[0]
+    assert kept(first) == kept(first.clone())
+    assert kept(first, seed=1) != kept(first)
+
+
 def test_cdpp_needs_relevance_through_pick():
     pools = selectors.Pools(torch.randn(1, 5, 3), torch.ones(1, 5, dtype=torch.bool), torch.tensor([2]))
     with pytest.raises(ValueError, match="selection 'cdpp' needs the instruction's relevance"):

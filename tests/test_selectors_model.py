@@ -64,3 +64,19 @@ def test_full_budget_selection_equals_stock_model(request, stock_logits, fixture
             logits = model(inputs_embeds=embeds, attention_mask=mask).logits[0]
         assert logits.shape == expected.shape
         torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_random_keeps_an_images_own_draw_alone_or_in_a_batch(tiny_next):
+    """The random baseline draws per image, from the image: the same image keeps the same tokens
+    whether the tower ran it alone or beside another, and that other image draws its own."""
+    model, processor = tiny_next
+    vlm = HiredVLM(model, processor, transfer_dtype="float32")
+    image, other = random_image(300, 500, seed=1), random_image(300, 500, seed=2)
+    drop = DropConfig(method="random", budget=0.2)
+
+    def tokens(encoded) -> list[tuple[int, int]]:
+        return list(zip(encoded.partition.tolist(), encoded.patch.tolist()))
+
+    alone = tokens(vlm.encode([image], drop)[0])
+    beside, batched = vlm.encode([other, image], drop)
+    assert tokens(batched) == alone and tokens(beside) != alone

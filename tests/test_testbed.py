@@ -46,6 +46,19 @@ def test_scenes_and_questions_are_deterministic_by_seed():
         assert build_rows(4, density=density, per_scene=5) == build_rows(4, density=density, per_scene=5)
 
 
+def test_named_objects_counts_each_object_a_caption_names_at_most_as_often_as_held():
+    """Caption recall's numerator: labels match in any case (the glyph "character K" is named by
+    "the character K"), a repeated mention counts only as often as the scene holds the object, and
+    an object the scene lacks counts nothing."""
+    from pipeline.testbed.scenes import Scene, Thing
+
+    red = Thing("circle", "red", 10, 10, 8)
+    scene = Scene((64, 64), (255, 255, 255), (red, red, Thing("square", "blue", 40, 40, 8)), Thing("glyph", "black", 30, 50, 8, "K"), "test:0:0")
+    assert q.named_objects("The character K, a red circle and a green square.", scene) == 2
+    assert q.named_objects("A red circle, a red circle, a red circle, a Blue Square, the character k.", scene) == 4
+    assert q.named_objects(q.caption(scene), scene) == len(scene.things)
+
+
 def test_dense_scenes_are_denser_and_cluttered():
     standard = [make_scene("heldout", 0, i) for i in range(50)]
     dense = [make_scene("heldout", 0, i, "dense") for i in range(50)]

@@ -106,23 +106,31 @@ class HiredVLM:
         """Vision tower + dropping: one :class:`EncodedImage` per image.
 
         ``prompts`` (one per image, the user's instruction as :meth:`generate` takes it) reach a
-        selection that reads the instruction; every other method ignores them.
+        selection that reads the instruction; every other method ignores them. Rows that hold the
+        same pixels share one tower run (a job or a request batch asking several questions of one
+        image pays the tower once), and rows that would keep the same tokens share one drop.
         """
         drop = drop or self.drop
-        outputs = self._tower(images if isinstance(images, dict) else self.preprocess(images), drop)
-        prompts = prompts if prompts is not None else [None] * len(outputs)
-        if len(prompts) != len(outputs):
-            raise ValueError(f"{len(outputs)} images but {len(prompts)} prompts")
-        return [self._drop(output, drop, prompt) for output, prompt in zip(outputs, prompts)]
+        pixels = images if isinstance(images, dict) else self.preprocess(images)
+        count = len(pixels["pixel_values"])
+        prompts = prompts if prompts is not None else [None] * count
+        if len(prompts) != count:
+            raise ValueError(f"{count} images but {len(prompts)} prompts")
+        firsts, image_of = distinct_images(pixels)
+        outputs = self._tower(take_images(pixels, firsts), drop)
+        keys = [(image_of[i], prompts[i] if drop.needs_instruction else None) for i in range(count)]
+        dropped = {key: self._drop(outputs[key[0]], drop, key[1]) for key in dict.fromkeys(keys)}
+        return [dropped[key] for key in keys]
 
     def encode_questions(self, image: Image.Image, prompts: list[str], drop: DropConfig | None = None) -> list[EncodedImage]:
-        """One image asked several questions: the tower runs once, and each prompt gets its own
-        drop when the selection reads the instruction (one shared drop otherwise)."""
-        drop = drop or self.drop
-        (output,) = self._tower(self.preprocess([image]), drop)
-        if not drop.needs_instruction:
-            return [self._drop(output, drop, None)] * len(prompts)
-        return [self._drop(output, drop, prompt) for prompt in prompts]
+        """One image asked several questions: preprocessed once, one tower run, and a drop per
+        prompt when the selection reads the instruction (one shared drop otherwise)."""
+        pixels = self.preprocess([image])
+        repeated = {
+            "pixel_values": pixels["pixel_values"].expand(len(prompts), *pixels["pixel_values"].shape[1:]),
+            "image_sizes": None if pixels["image_sizes"] is None else pixels["image_sizes"].expand(len(prompts), -1),
+        }
+        return self.encode(repeated, drop, prompts)
 
     def _tower(self, pixels: dict[str, Any], drop: DropConfig) -> list[TowerOutput]:
         return run_images(self.model, self.tower_input(pixels["pixel_values"]), pixels["image_sizes"], drop, self.geometry)
@@ -298,3 +306,46 @@ class HiredVLM:
             Result(g.text, e, g, {"encode_s": encode_s, "ttft_s": g.ttft_s, "generate_s": g.generate_s})
             for e, g in zip(encoded, generations)
         ]
+
+
+def distinct_images(pixels: dict[str, Any]) -> tuple[list[int], list[int]]:
+    """``(firsts, image_of)``: the index of each distinct image of a preprocessed batch (first
+    occurrence, in order) and, per row, the position of its image among them.
+
+    Rows are the same image when their tiles and size are equal, so rows decoded separately from
+    one file match. Each row is read in full only when a signature (its shape, size and ~1,000
+    evenly spaced values) matches an earlier row's, so a batch of distinct images, the usual case,
+    costs microseconds here rather than a pass over every tile's bytes.
+    """
+    values, sizes = pixels["pixel_values"], pixels.get("image_sizes")
+    candidates: dict[tuple, list[int]] = {}
+    firsts: list[int] = []
+    image_of: list[int] = []
+    for i, tiles in enumerate(values):
+        flat = tiles.reshape(-1)
+        signature = (
+            tuple(tiles.shape),
+            None if sizes is None else tuple(int(v) for v in sizes[i]),
+            tuple(flat[:: max(1, flat.numel() // 1024)].tolist()),
+        )
+        same = candidates.setdefault(signature, [])
+        match = next((k for k in same if torch.equal(values[firsts[k]], tiles)), None)
+        if match is None:
+            match = len(firsts)
+            firsts.append(i)
+            same.append(match)
+        image_of.append(match)
+    return firsts, image_of
+
+
+def take_images(pixels: dict[str, Any], rows: list[int]) -> dict[str, Any]:
+    """The preprocessed batch restricted to ``rows`` (``pixel_values`` a tensor ``(B, ...)`` or a
+    list of ``(P, 3, H, W)`` tensors; ``image_sizes`` ``(B, 2)`` or ``None``)."""
+    values, sizes = pixels["pixel_values"], pixels.get("image_sizes")
+    if len(rows) == len(values):
+        return pixels
+    index = torch.tensor(rows)
+    return {
+        "pixel_values": values[index] if isinstance(values, torch.Tensor) else [values[i] for i in rows],
+        "image_sizes": None if sizes is None else torch.as_tensor(sizes)[index],
+    }

@@ -78,9 +78,10 @@ def caption(scene: Scene) -> str:
 def named_objects(text: str, scene: Scene) -> int:
     """How many of ``scene``'s objects ``text`` names by label ("red circle", "character 7"),
     each label counted at most as often as the scene holds it: the numerator of a caption's
-    object recall (the denominator is ``len(scene.things)``)."""
+    object recall (the denominator is ``len(scene.things)``). Case is ignored on both sides, so
+    "the character K" names the glyph labelled "character K"."""
     lowered = text.lower()
-    held = Counter(thing.label for thing in scene.things)
+    held = Counter(thing.label.lower() for thing in scene.things)
     return sum(min(count, lowered.count(label)) for label, count in held.items())
 
 
