@@ -9,6 +9,7 @@ import torch
 from hired_ops import DropConfig
 from pipeline.data.synthetic import random_image
 from pipeline.model.vlm import HiredVLM
+from tests.test_instruction_selection import tokens
 from tests.test_model_equivalence import stock_answer
 
 # square (no padding) and panorama (letterboxed sub-images)
@@ -73,10 +74,6 @@ def test_random_keeps_an_images_own_draw_alone_or_in_a_batch(tiny_next):
     vlm = HiredVLM(model, processor, transfer_dtype="float32")
     image, other = random_image(300, 500, seed=1), random_image(300, 500, seed=2)
     drop = DropConfig(method="random", budget=0.2)
-
-    def tokens(encoded) -> list[tuple[int, int]]:
-        return list(zip(encoded.partition.tolist(), encoded.patch.tolist()))
-
     alone = tokens(vlm.encode([image], drop)[0])
     beside, batched = vlm.encode([other, image], drop)
     assert tokens(batched) == alone and tokens(beside) != alone
