@@ -331,3 +331,38 @@ def test_evaluate_command_writes_the_table_csv_and_kept_patch_sheets(tmp_path, c
         patch.setattr(evaluation, "load_vlm", None)  # not called: every setting's answers are kept
         assert evaluation.main(args) == 0
     assert [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")] == table
+
+
+@pytest.mark.slow
+def test_training_goes_on_from_the_shipped_model(tmp_path):
+    """`hired train-testbed --init-from hired/testbed-llava-next`: stage 2 trains the shipped
+    adapter further (a new one would start with every LoRA B at zero), stages 0 and 1 are not run
+    (the tower and the token rows ship unchanged), and a work dir that holds a run started
+    elsewhere is refused rather than taken for this run's."""
+    from safetensors.torch import load_file
+
+    from pipeline.model.loading import TESTBED_MODEL
+    from pipeline.testbed.train import TestbedTrainConfig, train
+
+    def config(**changes) -> TestbedTrainConfig:
+        # two steps: the first runs at the warm-up's zero learning rate
+        settings = dict(init_from=TESTBED_MODEL, instruct_steps=2, batch_size=1, per_task=1, save_steps=1,
+                        tracking_uri=None, threads=2, work_dir=str(tmp_path / "work"), output=str(tmp_path / "parts"))
+        return TestbedTrainConfig(**{**settings, **changes})
+
+    train(config())
+    parts = tmp_path / "parts"
+    assert not (tmp_path / "work" / "cls").exists() and not (tmp_path / "work" / "align").exists()
+    shipped, trained = load_file(WEIGHTS_DIR / "testbed.safetensors"), load_file(parts / "testbed.safetensors")
+    assert shipped.keys() == trained.keys() and all(shipped[k].equal(trained[k]) for k in shipped)
+    name = "adapter/adapter_model.safetensors"
+    before, after = load_file(WEIGHTS_DIR / name), load_file(parts / name)
+    assert before.keys() == after.keys()
+    lora_b = [k for k in before if "lora_B" in k]
+    moved = sum((after[k] - before[k]).norm() ** 2 for k in lora_b) ** 0.5
+    size = sum(before[k].norm() ** 2 for k in lora_b) ** 0.5
+    assert 0 < moved < 0.1 * size, (moved, size)
+    with pytest.raises(ValueError, match="started from"):
+        train(config(init_from=None))
+    with pytest.raises(ValueError, match="not a shipped model"):
+        config(init_from=str(tmp_path / "work"))

@@ -107,9 +107,10 @@ def _processor(parts_dir: Path, tokenizer):
     )
 
 
-def assemble(parts_dir: str | Path):
-    """``(model, processor)`` merged from a parts folder: fp32, on the CPU, in eval mode."""
-    from peft import PeftModel
+def load_parts(parts_dir: str | Path):
+    """``(model, processor)`` of a parts folder before its adapter: the base LLM with the trained
+    tower, newline, token rows and generation config, fp32, on the CPU. :func:`assemble` merges
+    the adapter in; ``hired train-testbed --init-from`` trains it further."""
     from safetensors.torch import load_file
     from transformers import AutoConfig, GenerationConfig, LlavaNextForConditionalGeneration
 
@@ -126,9 +127,17 @@ def assemble(parts_dir: str | Path):
     _, unexpected = model.load_state_dict(trained, strict=False)
     if unexpected:
         raise ValueError(f"{parts_dir / WEIGHTS_FILE} holds tensors the model does not have: {unexpected[:5]}")
-    model = PeftModel.from_pretrained(model, parts_dir / ADAPTER_DIR).merge_and_unload()
     model.generation_config = GenerationConfig.from_pretrained(parts_dir)
-    return model.eval(), _processor(parts_dir, tokenizer)
+    return model, _processor(parts_dir, tokenizer)
+
+
+def assemble(parts_dir: str | Path):
+    """``(model, processor)`` merged from a parts folder: fp32, on the CPU, in eval mode."""
+    from peft import PeftModel
+
+    model, processor = load_parts(parts_dir)
+    model = PeftModel.from_pretrained(model, Path(parts_dir) / ADAPTER_DIR).merge_and_unload()
+    return model.eval(), processor
 
 
 def parts_digest(parts_dir: Path) -> str:

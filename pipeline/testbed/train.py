@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from hired_ops import VisionGeometry, vision_tower
+from pipeline.model.assembled import ADAPTER_DIR, is_assembled, load_parts
 from pipeline.model.loading import SHIPPED, TESTBED_MODEL
 
 from . import questions as q
@@ -75,6 +76,10 @@ class TestbedTrainConfig:
             bf16 matmuls are native: GPUs that support it, and CPUs with AMX or AVX512-BF16
             (``pipeline.model.loading.NATIVE_BF16_FLAGS``); elsewhere it is emulated and slower.
         tower: the vision tower's dimensions.
+        init_from: a shipped model (its name or parts folder) to go on training: stages 0 and 1
+            are not run (their results are in it), and stage 2 trains its adapter and projector
+            for ``instruct_steps`` more steps on this seed's scenes, with a schedule of its own.
+            ``None`` trains from nothing.
     """
 
     seed: int = 0
@@ -103,8 +108,14 @@ class TestbedTrainConfig:
     threads: int = 2
     bf16: bool | None = None
     tower: TowerSize = field(default_factory=TowerSize)
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
+        if self.init_from is not None and not is_assembled(self.init_parts):
+            raise ValueError(
+                f"init_from={self.init_from!r} is not a shipped model: give {TESTBED_MODEL!r} or a folder "
+                "that `hired train-testbed --output` wrote"
+            )
         if min(self.cls_steps, self.align_steps, self.instruct_steps) < 0:
             raise ValueError("step counts must be >= 0")
         if min(self.batch_size, self.cls_batch_size, self.per_task, self.log_every, self.threads, self.save_steps) < 1:
@@ -117,6 +128,11 @@ class TestbedTrainConfig:
             raise ValueError(f"lora_rank must be >= 1, got {self.lora_rank}")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+
+    @property
+    def init_parts(self) -> Path:
+        """The parts folder ``init_from`` names."""
+        return Path(SHIPPED.get(self.init_from, self.init_from))
 
 
 # -- models the stages train ----------------------------------------------------------------------
@@ -290,21 +306,37 @@ def train_align(model, processor, config: TestbedTrainConfig, log) -> None:
     model.requires_grad_(False)
 
 
+def _adapter(model, config: TestbedTrainConfig):
+    """Stage 2's ``PeftModel``: new LoRA adapters (and a trainable copy of the projector), or,
+    with ``init_from``, that model's own, trainable again."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if config.init_from is None:
+        lora = LoraConfig(
+            r=config.lora_rank,
+            lora_alpha=2 * config.lora_rank,
+            lora_dropout=config.lora_dropout,
+            target_modules=LORA_TARGETS,
+            modules_to_save=["multi_modal_projector"],
+        )
+        return get_peft_model(model, lora)
+    saved = config.init_parts / ADAPTER_DIR
+    lora = LoraConfig.from_pretrained(saved)
+    if lora.r != config.lora_rank:
+        raise ValueError(f"{saved} has LoRA rank {lora.r}; --lora-rank {config.lora_rank} cannot go on training it")
+    lora.lora_dropout = config.lora_dropout
+    model.requires_grad_(False)  # as stage 1 leaves a model trained from nothing
+    return PeftModel.from_pretrained(model, saved, config=lora, is_trainable=True)
+
+
 def train_instruct(model, processor, config: TestbedTrainConfig, log):
     """Stage 2: conversations; LoRA on the LLM and the projector train. Returns the ``PeftModel``."""
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import PeftModel
 
     final = Path(config.work_dir) / "instruct" / "final"
     if final.exists():
         return PeftModel.from_pretrained(model, final)
-    lora = LoraConfig(
-        r=config.lora_rank,
-        lora_alpha=2 * config.lora_rank,
-        lora_dropout=config.lora_dropout,
-        target_modules=LORA_TARGETS,
-        modules_to_save=["multi_modal_projector"],
-    )
-    peft_model = get_peft_model(model, lora)
+    peft_model = _adapter(model, config)
     items, collator = _conversations(
         processor, "instruct", config.instruct_steps, config, lambda s, r: q.training_questions(s, r, config.per_task)
     )
@@ -313,6 +345,20 @@ def train_instruct(model, processor, config: TestbedTrainConfig, log):
     if config.instruct_steps:
         peft_model.save_pretrained(final)
     return peft_model
+
+
+def _claim_work_dir(config: TestbedTrainConfig) -> None:
+    """Note in ``work_dir`` what its run starts from, and refuse to resume a run that started
+    elsewhere: a finished stage there would otherwise be taken for this run's."""
+    folder = Path(config.work_dir)
+    marker = folder / "init_from.txt"
+    start = str(config.init_parts.resolve()) if config.init_from else "nothing"
+    if marker.exists() and marker.read_text().strip() != start:
+        raise ValueError(
+            f"{folder} holds a run that started from {marker.read_text().strip()}, not {start}: give --work-dir another folder"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    marker.write_text(start + "\n")
 
 
 def train(config: TestbedTrainConfig) -> dict[str, float]:
@@ -324,7 +370,11 @@ def train(config: TestbedTrainConfig) -> dict[str, float]:
 
     torch.set_num_threads(config.threads)
     start = time.perf_counter()
-    model, processor = build_model(config.tower, config.seed)
+    _claim_work_dir(config)
+    if config.init_from is None:
+        model, processor = build_model(config.tower, config.seed)
+    else:
+        model, processor = load_parts(config.init_parts)
     params = {k: v for k, v in asdict(config).items() if k != "tower"}
     params.update({f"tower_{k}": v for k, v in asdict(config.tower).items()})
     tracking = TrackingConfig(
@@ -338,8 +388,9 @@ def train(config: TestbedTrainConfig) -> dict[str, float]:
         def log(metrics: dict[str, float], step: int) -> None:
             run.log_metrics(metrics, step)
 
-        train_cls(model, processor, config, log)
-        train_align(model, processor, config, log)
+        if config.init_from is None:
+            train_cls(model, processor, config, log)
+            train_align(model, processor, config, log)
         peft_model = train_instruct(model, processor, config, log)
         summary = export(peft_model, processor, Path(config.output))
         summary["wall_s"] = time.perf_counter() - start
