@@ -94,8 +94,8 @@ class TestbedTrainConfig:
     align_lr: float = 1e-3
     lr: float = 5e-4
     lora_rank: int = 8
-    # none: on a CPU the dropout masks (a Bernoulli draw over every adapter's input, 210 of them)
-    # were ~40% of a stage-2 step (30 s -> 17.5 s a step on a 2-core AVX2 CPU without them)
+    # no dropout: on a CPU its masks (a Bernoulli draw over the input of each of the 210 adapted
+    # layers) were ~40% of a stage-2 step (30 s with them, 17.5 s without, 2-core AVX2 CPU)
     lora_dropout: float = 0.0
     warmup: float = 0.05
     per_task: int = 3
