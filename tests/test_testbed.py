@@ -4,6 +4,7 @@ assemble into (SmolLM2 from its package, with the trained tower, projector and a
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from pathlib import Path
 
@@ -362,6 +363,7 @@ def test_training_goes_on_from_the_shipped_model(tmp_path):
     moved = sum((after[k] - before[k]).norm() ** 2 for k in lora_b) ** 0.5
     size = sum(before[k].norm() ** 2 for k in lora_b) ** 0.5
     assert 0 < moved < 0.1 * size, (moved, size)
+    assert json.loads((parts / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] is None
     with pytest.raises(ValueError, match="started from"):
         train(config(init_from=None))
     with pytest.raises(ValueError, match="not a shipped model"):

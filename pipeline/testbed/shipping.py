@@ -43,6 +43,12 @@ def export(peft_model, processor, out: Path) -> dict[str, float]:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     save_file(weights, out / WEIGHTS_FILE)
+    # the base is what hired_parts.json names. A model trained further (--init-from) carries its
+    # parts folder's path on this machine as its name, and peft writes that as the adapter's base
+    # (set when the adapter was loaded, and again from the model's name when it is saved)
+    model.name_or_path = ""
+    for adapter in peft_model.peft_config.values():
+        adapter.base_model_name_or_path = None
     peft_model.save_pretrained(out / ADAPTER_DIR)
     (out / ADAPTER_DIR / "README.md").unlink(missing_ok=True)  # peft's empty model-card template
     model.config.save_pretrained(out)
