@@ -18,6 +18,7 @@ scorer; :func:`aggregate` turns per-row scores into the task's headline numbers.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -299,6 +300,8 @@ def _words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9']+", str(text).lower())
 
 
+# cached: a bootstrap interval re-scores the same few replies ("yes", "no") a million times
+@functools.lru_cache(maxsize=4096)
 def parse_yes_no(prediction: str) -> bool:
     """True when a reply says yes: its first word is not "no" and "yes" appears as a word.
 
@@ -311,6 +314,7 @@ def parse_yes_no(prediction: str) -> bool:
     return "yes" in words
 
 
+@functools.lru_cache(maxsize=4096)
 def label_is_yes(label: str) -> bool:
     norm = " ".join(_words(label))
     if norm in ("yes", "no"):
