@@ -26,7 +26,7 @@ PINPOINTS = [[64, 128], [128, 64], [128, 128], [192, 64], [64, 192]]
 # 5 images). Figures are the share of its questions answered right, recorded on the shipped
 # parts (CPU, fp32); chance on the sample is 0.34 (uniform guesses over each kind's answers).
 SAMPLE = 14
-RECORDED_FULL = 22 / 42
+RECORDED_FULL = 31 / 42
 RECORDED_HIRED = 23 / 42
 FULL_FLOOR = RECORDED_FULL - 1 / 42  # a regression guard: one question under the recorded figure
 HIRED_MARGIN = 0.05  # two questions of 42
@@ -255,6 +255,57 @@ def test_shipped_weights_hired_20_percent_matches_the_recorded_figure(shipped):
     assert abs(accuracy - RECORDED_HIRED) <= HIRED_MARGIN, accuracy
 
 
+def test_text_only_turns_label_only_the_reply_and_batch_beside_scenes(shipped):
+    """Stage 2's text-only items: no image, the loss on the reply and its end token alone, and a
+    batch mixing them with scene conversations gives each scene the logits it gets alone (the
+    images go to the image tokens in order)."""
+    from pipeline.testbed.text_turns import TextTurn
+    from pipeline.testbed.training_data import collate, encode_conversation, training_scene
+
+    processor, tokenizer = shipped.processor, shipped.tokenizer
+    text = encode_conversation(processor, None, [TextTurn("What is a piano?", "A piano is an instrument.")])
+    assert sorted(text) == ["input_ids", "labels"]
+    assert tokenizer.decode(text["labels"][text["labels"] != -100]) == "A piano is an instrument." + tokenizer.eos_token
+    chat = [{"role": "user", "content": [{"type": "text", "text": "What is a piano?"}]}]
+    prompt = shipped.chat_ids(chat)
+    assert text["input_ids"][: len(prompt)].tolist() == prompt  # as serve formats a text-only chat
+    scene = training_scene(0, 1)
+    imaged = encode_conversation(processor, render(scene), q.training_questions(scene, random.Random(0), 1))
+    batch = collate([text, imaged, text], tokenizer.pad_token_id)
+    assert batch["pixel_values"].shape[0] == batch["image_sizes"].shape[0] == 1
+    assert "pixel_values" not in collate([text], tokenizer.pad_token_id)
+    n = len(imaged["input_ids"])
+    with torch.no_grad():
+        mixed = shipped.model(**{k: v for k, v in batch.items() if k != "labels"}).logits[1, :n]
+        alone = shipped.model(**{k: v for k, v in collate([imaged], tokenizer.pad_token_id).items() if k != "labels"})
+    torch.testing.assert_close(mixed, alone.logits[0], atol=1e-4, rtol=1e-4)
+
+
+def test_text_items_are_spread_through_stage_two_and_repeat_when_short():
+    from pipeline.testbed.training_data import WithText, text_count
+
+    mixed = WithText(list("abcdefghij"), ["x", "y"], 0.25, str.upper)
+    assert [mixed[i] for i in range(len(mixed))] == list("abcXefgYij")
+    assert text_count(10, 0.25) == 2 and text_count(400, 0.25) == 100
+    assert [mixed[i] for i in range(10)] == [WithText(list("abcdefghij"), ["x", "y", "z"], 0.25, str.upper)[i] for i in range(10)]
+    assert [WithText(list("abcdefgh"), ["x"], 0.5, str.upper)[i] for i in range(8)] == list("aXcXeXgX")
+    with pytest.raises(ValueError, match="needs text"):
+        WithText(list("abcd"), [], 0.25, str.upper)
+    assert [WithText(list("abc"), [], 0.25, str.upper)[i] for i in range(3)] == list("abc")  # no text slot in 3
+
+
+def test_text_turns_are_seeded_cached_and_never_the_tested_question(shipped, tmp_path):
+    from pipeline.testbed.text_turns import cached_text_turns, questions
+
+    assert not [x for x in questions() if "capital" in x.lower()]
+    path = tmp_path / "turns.json"
+    turns = cached_text_turns(path, shipped.model, shipped.tokenizer, 2, seed=3)
+    assert len(turns) == 2 and all(t.question in questions() and t.answer for t in turns)
+    assert cached_text_turns(path, None, None, 2, seed=3) == turns  # read back, the model not asked again
+    with pytest.raises(AttributeError):  # another count is written anew
+        cached_text_turns(path, None, None, 3, seed=3)
+
+
 @pytest.mark.slow
 def test_training_is_reproducible_resumes_and_ships_loadable_parts(tmp_path, monkeypatch):
     """`hired train-testbed`'s code path at a few steps: the same seed gives the same parts byte
@@ -293,7 +344,7 @@ def test_training_is_reproducible_resumes_and_ships_loadable_parts(tmp_path, mon
         patch.setattr(Trainer, "_save_checkpoint", save_then_die)
         with pytest.raises(KeyboardInterrupt):
             run("c")
-    assert [p.name for p in (tmp_path / "c" / "work" / "instruct").iterdir()] == ["checkpoint-1"]
+    assert sorted(p.name for p in (tmp_path / "c" / "work" / "instruct").iterdir()) == ["checkpoint-1", "text_turns.json"]
     resumed = tensors(run("c"))
     assert all(first[k].equal(resumed[k]) for k in first)
     shipped = {**load_file(WEIGHTS_DIR / "testbed.safetensors"), **load_file(WEIGHTS_DIR / "adapter" / "adapter_model.safetensors")}
@@ -346,13 +397,16 @@ def test_training_goes_on_from_the_shipped_model(tmp_path):
     from pipeline.testbed.train import TestbedTrainConfig, train
 
     def config(**changes) -> TestbedTrainConfig:
-        # two steps: the first runs at the warm-up's zero learning rate
-        settings = dict(init_from=TESTBED_MODEL, instruct_steps=2, batch_size=1, per_task=1, save_steps=1,
-                        tracking_uri=None, threads=2, work_dir=str(tmp_path / "work"), output=str(tmp_path / "parts"))
+        # two steps: the first runs at the warm-up's zero learning rate; the second is text-only
+        settings = dict(init_from=TESTBED_MODEL, instruct_steps=2, batch_size=1, per_task=1, text_share=0.5,
+                        save_steps=1, tracking_uri=None, threads=2, work_dir=str(tmp_path / "work"),
+                        output=str(tmp_path / "parts"))
         return TestbedTrainConfig(**{**settings, **changes})
 
     train(config())
     parts = tmp_path / "parts"
+    (turn,) = json.loads((tmp_path / "work" / "instruct" / "text_turns.json").read_text())["turns"]
+    assert turn["question"].endswith(("?", ".")) and turn["answer"]
     assert not (tmp_path / "work" / "cls").exists() and not (tmp_path / "work" / "align").exists()
     shipped, trained = load_file(WEIGHTS_DIR / "testbed.safetensors"), load_file(parts / "testbed.safetensors")
     assert shipped.keys() == trained.keys() and all(shipped[k].equal(trained[k]) for k in shipped)

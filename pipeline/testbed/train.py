@@ -38,7 +38,11 @@ from pipeline.model.loading import SHIPPED, TESTBED_MODEL
 from . import questions as q
 from .architecture import TowerSize, build_model
 from .scenes import Scene, render
-from .training_data import CLS_LABELS, PATCH_CLASSES, SceneItems, collate, encode_conversation, patch_targets, tile_targets
+from .text_turns import cached_text_turns
+from .training_data import (
+    CLS_LABELS, PATCH_CLASSES, SceneItems, WithText, collate, encode_conversation, patch_targets, text_count,
+    tile_targets,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +70,8 @@ class TestbedTrainConfig:
         lora_dropout: dropout on the adapters' inputs.
         warmup: share of each stage's steps spent warming up.
         per_task: questions per task (vqa, multiple_choice, pope) in one stage-2 conversation.
+        text_share: share of stage 2's conversations that are text-only, answered by the base LLM
+            (:mod:`.text_turns`), so the adapters keep its text answers.
         save_steps: steps between checkpoints a rerun resumes from.
         work_dir: the stages' checkpoints.
         output: where the shipped parts are written (``from_pretrained`` loads them by name).
@@ -99,6 +105,9 @@ class TestbedTrainConfig:
     lora_dropout: float = 0.0
     warmup: float = 0.05
     per_task: int = 3
+    # 300 stage-2 steps without text wore the text answers away (docs/testbed.md); LLaVA keeps
+    # text-only conversations in its mix for the same reason. A quarter is a first guess, not tuned.
+    text_share: float = 0.25
     save_steps: int = 10
     work_dir: str = "outputs/testbed-training"
     output: str = str(WEIGHTS_DIR)
@@ -124,6 +133,8 @@ class TestbedTrainConfig:
             raise ValueError(f"warmup must be in [0, 1), got {self.warmup}")
         if min(self.cls_lr, self.align_lr, self.lr) <= 0:
             raise ValueError("learning rates must be > 0")
+        if not 0.0 <= self.text_share < 1.0:
+            raise ValueError(f"text_share must be in [0, 1), got {self.text_share}")
         if self.lora_rank < 1:
             raise ValueError(f"lora_rank must be >= 1, got {self.lora_rank}")
         if not 0.0 <= self.lora_dropout < 1.0:
@@ -336,10 +347,16 @@ def train_instruct(model, processor, config: TestbedTrainConfig, log):
     final = Path(config.work_dir) / "instruct" / "final"
     if final.exists():
         return PeftModel.from_pretrained(model, final)
+    # the base LLM answers the text questions before an adapter changes it
+    texts = cached_text_turns(
+        Path(config.work_dir) / "instruct" / "text_turns.json", model, processor.tokenizer,
+        text_count(config.instruct_steps * config.batch_size, config.text_share), config.seed,
+    )
     peft_model = _adapter(model, config)
-    items, collator = _conversations(
+    scenes, collator = _conversations(
         processor, "instruct", config.instruct_steps, config, lambda s, r: q.training_questions(s, r, config.per_task)
     )
+    items = WithText(scenes, texts, config.text_share, lambda turn: encode_conversation(processor, None, [turn]))
     _run_stage("instruct", peft_model, items, collator, config.instruct_steps, config.lr, config.batch_size,
                config, log, _lm_trainer_class())
     if config.instruct_steps:

@@ -7,6 +7,7 @@ that training and evaluation format a question identically.
 
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
@@ -40,13 +41,14 @@ def training_scene(seed: int, index: int) -> Scene:
 
 def prompt_for(qa: q.QA) -> str:
     """The user turn's text, exactly as evaluation prompts it (the task's template)."""
-    if qa.task == "caption":
+    if qa.task in ("caption", "text"):
         return qa.question
     return get_task(qa.task).build_prompt({"question": qa.question, "choices": list(qa.choices) or None})
 
 
-def encode_conversation(processor, image: Image.Image, turns: list[q.QA]) -> dict[str, torch.Tensor]:
-    """One image and several question-answer turns in the chat template, loss on the answers only.
+def encode_conversation(processor, image: Image.Image | None, turns: list) -> dict[str, torch.Tensor]:
+    """One image (or none) and several question-answer turns (:class:`q.QA` or
+    :class:`.text_turns.TextTurn`) in the chat template, loss on the answers only.
 
     The text is cut where the template's render of the conversation so far grows: the first user
     turn (with the image) goes through the processor, which expands ``<image>`` to the image's
@@ -54,8 +56,8 @@ def encode_conversation(processor, image: Image.Image, turns: list[q.QA]) -> dic
     answer (with its end-of-turn token) is a labelled segment; each later user turn is tokenised
     on its own.
 
-    Returns ``input_ids`` and ``labels`` ``(T,)``, ``pixel_values`` ``(P, 3, 64, 64)``,
-    ``image_sizes`` ``(2,)``.
+    Returns ``input_ids`` and ``labels`` ``(T,)``, and with an image ``pixel_values``
+    ``(P, 3, 64, 64)`` and ``image_sizes`` ``(2,)``.
     """
     tokenizer = processor.tokenizer
     messages: list[dict] = []
@@ -64,14 +66,17 @@ def encode_conversation(processor, image: Image.Image, turns: list[q.QA]) -> dic
     labels: list[int] = []
     pixels = None
     for index, turn in enumerate(turns):
-        content = ([{"type": "image"}] if index == 0 else []) + [{"type": "text", "text": prompt_for(turn)}]
+        content = ([{"type": "image"}] if index == 0 and image is not None else []) + [
+            {"type": "text", "text": prompt_for(turn)}
+        ]
         messages.append({"role": "user", "content": content})
         prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
         segment = prompt[len(rendered) :]
-        if index == 0:
-            first = processor(images=[image], text=[segment], return_tensors="pt")
-            pixels = first
-            segment_ids = first["input_ids"][0].tolist()
+        if index == 0 and image is not None:
+            pixels = processor(images=[image], text=[segment], return_tensors="pt")
+            segment_ids = pixels["input_ids"][0].tolist()
+        elif index == 0:  # as the processor tokenises a first turn, and HiredVLM.chat_ids a text-only chat
+            segment_ids = tokenizer(segment)["input_ids"]
         else:
             segment_ids = tokenizer(segment, add_special_tokens=False)["input_ids"]
         ids += segment_ids
@@ -84,30 +89,34 @@ def encode_conversation(processor, image: Image.Image, turns: list[q.QA]) -> dic
         rest_ids = tokenizer(answer[answer.index(end) + len(end) :], add_special_tokens=False)["input_ids"]
         ids += answer_ids + rest_ids
         labels += answer_ids + [-100] * len(rest_ids)
-    return {
-        "input_ids": torch.tensor(ids),
-        "labels": torch.tensor(labels),
-        "pixel_values": pixels["pixel_values"][0],
-        "image_sizes": pixels["image_sizes"][0],
-    }
+    item = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
+    if pixels is not None:
+        item.update(pixel_values=pixels["pixel_values"][0], image_sizes=pixels["image_sizes"][0])
+    return item
 
 
 def collate(items: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded batch: ``input_ids``, ``labels``, ``attention_mask`` ``(B, T)``,
-    ``pixel_values`` ``(B, P_max, 3, 64, 64)`` (zero-padded; the model reads ``image_sizes``)."""
+    """Right-padded batch: ``input_ids``, ``labels``, ``attention_mask`` ``(B, T)``; and where some
+    items have an image, ``pixel_values`` ``(I, P_max, 3, 64, 64)`` (zero-padded; the model reads
+    ``image_sizes`` ``(I, 2)``) of those ``I`` items in batch order, which is the order LLaVA-NeXT
+    matches images to the image tokens in."""
     length = max(len(item["input_ids"]) for item in items)
-    parts = max(len(item["pixel_values"]) for item in items)
     batch = len(items)
     ids = torch.full((batch, length), pad_id, dtype=torch.long)
     labels = torch.full((batch, length), -100, dtype=torch.long)
     mask = torch.zeros(batch, length, dtype=torch.long)
-    pixels = torch.zeros(batch, parts, *items[0]["pixel_values"].shape[1:])
     for i, item in enumerate(items):
         n = len(item["input_ids"])
         ids[i, :n], labels[i, :n], mask[i, :n] = item["input_ids"], item["labels"], 1
-        pixels[i, : len(item["pixel_values"])] = item["pixel_values"]
-    sizes = torch.stack([item["image_sizes"] for item in items])
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask, "pixel_values": pixels, "image_sizes": sizes}
+    out = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    imaged = [item for item in items if "pixel_values" in item]
+    if imaged:
+        parts = max(len(item["pixel_values"]) for item in imaged)
+        pixels = torch.zeros(len(imaged), parts, *imaged[0]["pixel_values"].shape[1:])
+        for i, item in enumerate(imaged):
+            pixels[i, : len(item["pixel_values"])] = item["pixel_values"]
+        out.update(pixel_values=pixels, image_sizes=torch.stack([item["image_sizes"] for item in imaged]))
+    return out
 
 
 def _names(thing) -> list[int]:
@@ -169,3 +178,32 @@ class SceneItems(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         return self.make(training_scene(self.seed, index), random.Random(f"{self.stage}:{self.seed}:{index}"))
+
+
+class WithText(torch.utils.data.Dataset):
+    """``scenes`` with a share of its items replaced by text-only conversations.
+
+    Item ``i`` is text when ``floor((i + 1) * share) > floor(i * share)``, so the text items are
+    spread evenly through the stage (every fourth at ``share=0.25``); the ``k``-th of them is
+    ``encode(texts[k % len(texts)])`` (the texts repeat when there are fewer than slots), and
+    every other item is ``scenes[i]``.
+    """
+
+    def __init__(self, scenes: torch.utils.data.Dataset, texts: list, share: float, encode) -> None:
+        if text_count(len(scenes), share) and not texts:
+            raise ValueError(f"share={share} of {len(scenes)} items needs text conversations, got none")
+        self.scenes, self.texts, self.share, self.encode = scenes, texts, share, encode
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def __getitem__(self, index: int):
+        slot = math.floor(index * self.share)
+        if math.floor((index + 1) * self.share) > slot:
+            return self.encode(self.texts[slot % len(self.texts)])
+        return self.scenes[index]
+
+
+def text_count(length: int, share: float) -> int:
+    """How many of ``length`` items :class:`WithText` makes text-only."""
+    return math.floor(length * share)
