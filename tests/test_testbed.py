@@ -281,7 +281,7 @@ def test_text_only_turns_label_only_the_reply_and_batch_beside_scenes(shipped):
     torch.testing.assert_close(mixed, alone.logits[0], atol=1e-4, rtol=1e-4)
 
 
-def test_text_items_are_spread_through_stage_two_and_repeat_when_short():
+def test_a_fixed_share_of_stage_two_items_is_text_and_texts_repeat_when_short():
     from pipeline.testbed.training_data import WithText, text_count
 
     mixed = WithText(list("abcdefghij"), ["x", "y"], 0.25, str.upper)

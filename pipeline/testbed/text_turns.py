@@ -20,7 +20,9 @@ from typing import ClassVar
 
 import torch
 
+
 def _a(word: str) -> str:
+    """``word`` with its indefinite article."""
     return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
 
 

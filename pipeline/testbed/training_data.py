@@ -20,6 +20,7 @@ from pipeline.tracking.figures import partition_pixels
 
 from . import questions as q
 from .scenes import COLORS, GLYPHS, SHAPES, TILE, Scene, label_map, make_scene
+from .text_turns import TextTurn
 
 # Stage-0 labels of a tile's CLS (multi-label): each colour-shape pair, each shape, each colour, each glyph.
 CLS_LABELS = (
@@ -39,16 +40,16 @@ def training_scene(seed: int, index: int) -> Scene:
     return make_scene("train", seed, index, "dense" if index % 2 else "standard")
 
 
-def prompt_for(qa: q.QA) -> str:
+def prompt_for(qa: q.QA | TextTurn) -> str:
     """The user turn's text, exactly as evaluation prompts it (the task's template)."""
     if qa.task in ("caption", "text"):
         return qa.question
     return get_task(qa.task).build_prompt({"question": qa.question, "choices": list(qa.choices) or None})
 
 
-def encode_conversation(processor, image: Image.Image | None, turns: list) -> dict[str, torch.Tensor]:
-    """One image (or none) and several question-answer turns (:class:`q.QA` or
-    :class:`.text_turns.TextTurn`) in the chat template, loss on the answers only.
+def encode_conversation(processor, image: Image.Image | None, turns: list[q.QA | TextTurn]) -> dict[str, torch.Tensor]:
+    """One image (or none) and several question-answer turns in the chat template, loss on the
+    answers only.
 
     The text is cut where the template's render of the conversation so far grows: the first user
     turn (with the image) goes through the processor, which expands ``<image>`` to the image's
@@ -183,10 +184,10 @@ class SceneItems(torch.utils.data.Dataset):
 class WithText(torch.utils.data.Dataset):
     """``scenes`` with a share of its items replaced by text-only conversations.
 
-    Item ``i`` is text when ``floor((i + 1) * share) > floor(i * share)``, so the text items are
-    spread evenly through the stage (every fourth at ``share=0.25``); the ``k``-th of them is
-    ``encode(texts[k % len(texts)])`` (the texts repeat when there are fewer than slots), and
-    every other item is ``scenes[i]``.
+    Item ``i`` is text when ``floor((i + 1) * share) > floor(i * share)`` (every fourth index at
+    ``share=0.25``; the Trainer's seeded sampler then draws them in its shuffled order with the
+    rest); the ``k``-th of them is ``encode(texts[k % len(texts)])`` (the texts repeat when there
+    are fewer than slots), and every other item is ``scenes[i]``.
     """
 
     def __init__(self, scenes: torch.utils.data.Dataset, texts: list, share: float, encode) -> None:
