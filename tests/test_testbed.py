@@ -299,7 +299,7 @@ def test_text_turns_are_seeded_cached_and_never_the_tested_question(shipped, tmp
 
     assert not [x for x in questions() if "capital" in x.lower()]
     path = tmp_path / "turns.json"
-    turns = cached_text_turns(path, shipped.model, shipped.tokenizer, 2, seed=3)
+    turns = cached_text_turns(path, shipped.model, shipped.processor, 2, seed=3)
     assert len(turns) == 2 and all(t.question in questions() and t.answer for t in turns)
     assert cached_text_turns(path, None, None, 2, seed=3) == turns  # read back, the model not asked again
     with pytest.raises(AttributeError):  # another count is written anew

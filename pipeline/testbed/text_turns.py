@@ -18,8 +18,6 @@ from itertools import product
 from pathlib import Path
 from typing import ClassVar
 
-import torch
-
 
 def _a(word: str) -> str:
     """``word`` with its indefinite article."""
@@ -70,27 +68,21 @@ class TextTurn:
     answer: str
 
 
-def _answers(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str | None]:
-    """Greedy replies to user prompts in the chat template; ``None`` where a reply did not end
-    within ``max_new_tokens`` (a cut answer would teach the model to stop mid-sentence)."""
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-             for p in prompts]
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    try:
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    finally:
-        tokenizer.padding_side = side
-    with torch.no_grad():
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    replies: list[str | None] = []
-    for row in out[:, batch["input_ids"].shape[1]:].tolist():
-        ended = tokenizer.eos_token_id in row
-        replies.append(tokenizer.decode(row[: row.index(tokenizer.eos_token_id)]).strip() if ended else None)
-    return replies
+def _answers(model, processor, prompts: list[str], max_new_tokens: int) -> list[str | None]:
+    """Greedy replies to text-only user prompts, formatted and decoded as `hired serve` answers a
+    chat; ``None`` where a reply did not end within ``max_new_tokens`` (a cut answer would teach
+    the model to stop mid-sentence)."""
+    from pipeline.model.generation import GenerateOptions
+    from pipeline.model.vlm import HiredVLM
+
+    vlm = HiredVLM(model, processor)
+    chats = [(vlm.chat_ids([{"role": "user", "content": [{"type": "text", "text": p}]}]), []) for p in prompts]
+    replies = vlm.generate_chats(chats, GenerateOptions(max_new_tokens=max_new_tokens))
+    # token_ids stop before the end token, so a reply that ended is shorter than the limit
+    return [g.text.strip() if len(g.token_ids) < max_new_tokens else None for g in replies]
 
 
-def write_text_turns(model, tokenizer, count: int, seed: int, batch: int = 32,
+def write_text_turns(model, processor, count: int, seed: int, batch: int = 32,
                      max_new_tokens: int = 64) -> list[TextTurn]:
     """Up to ``count`` text-only exchanges: :func:`questions` in a seeded order, each with the
     greedy answer of ``model``'s base LLM (call it before any adapter is added). Questions whose
@@ -106,7 +98,7 @@ def write_text_turns(model, tokenizer, count: int, seed: int, batch: int = 32,
         while start < len(pool) and len(turns) < count:
             # about two answers in five end within 64 tokens: ask for some three times as many as are missing
             chunk = pool[start : start + min(batch, 3 * (count - len(turns)))]
-            turns += [TextTurn(q, a) for q, a in zip(chunk, _answers(model, tokenizer, chunk, max_new_tokens)) if a]
+            turns += [TextTurn(q, a) for q, a in zip(chunk, _answers(model, processor, chunk, max_new_tokens)) if a]
             start += len(chunk)
     finally:
         model.train(was_training)
@@ -115,14 +107,14 @@ def write_text_turns(model, tokenizer, count: int, seed: int, batch: int = 32,
     return turns[:count]
 
 
-def cached_text_turns(path: Path, model, tokenizer, count: int, seed: int) -> list[TextTurn]:
+def cached_text_turns(path: Path, model, processor, count: int, seed: int) -> list[TextTurn]:
     """:func:`write_text_turns`, written to ``path`` once and read back by a later run asking
     for as many with the same seed, so a resumed stage trains on the same exchanges."""
     if path.exists():
         saved = json.loads(path.read_text())
         if (saved["count"], saved["seed"]) == (count, seed):
             return [TextTurn(**row) for row in saved["turns"]]
-    turns = write_text_turns(model, tokenizer, count, seed) if count else []
+    turns = write_text_turns(model, processor, count, seed) if count else []
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"count": count, "seed": seed, "turns": [asdict(t) for t in turns]}, indent=1))
     return turns

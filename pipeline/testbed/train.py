@@ -349,7 +349,7 @@ def train_instruct(model, processor, config: TestbedTrainConfig, log):
         return PeftModel.from_pretrained(model, final)
     # the base LLM answers the text questions before an adapter changes it
     texts = cached_text_turns(
-        Path(config.work_dir) / "instruct" / "text_turns.json", model, processor.tokenizer,
+        Path(config.work_dir) / "instruct" / "text_turns.json", model, processor,
         text_count(config.instruct_steps * config.batch_size, config.text_share), config.seed,
     )
     peft_model = _adapter(model, config)
