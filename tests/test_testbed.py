@@ -397,7 +397,7 @@ def test_training_goes_on_from_the_shipped_model(tmp_path):
     from pipeline.testbed.train import TestbedTrainConfig, train
 
     def config(**changes) -> TestbedTrainConfig:
-        # two steps: the first runs at the warm-up's zero learning rate; the second is text-only
+        # two steps: the first runs at the warm-up's zero learning rate; one of the two items is text-only
         settings = dict(init_from=TESTBED_MODEL, instruct_steps=2, batch_size=1, per_task=1, text_share=0.5,
                         save_steps=1, tracking_uri=None, threads=2, work_dir=str(tmp_path / "work"),
                         output=str(tmp_path / "parts"))
