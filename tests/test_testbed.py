@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -381,8 +382,18 @@ def test_evaluate_command_writes_the_table_csv_and_kept_patch_sheets(tmp_path, c
     assert sorted(p.name for p in (tmp_path / "answers").iterdir()) == ["full.json", "hired-0.2.json"]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(evaluation, "load_vlm", None)  # not called: every setting's answers are kept
-        assert evaluation.main(args) == 0
-    assert [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")] == table
+        assert evaluation.main([*args, "--versus", "hired-0.2"]) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert printed[: len(table)] == table
+    # the paired differences from HiRED: full's average difference is HiRED's from full, negated
+    header, full_row = (line.split(" | ") for line in printed[len(table) :])
+    assert header[0] == "| minus HiRED 20% (paired)" and full_row[0] == "| Full" and len(full_row) == 5
+    value, low, high = map(float, re.findall(r"[+-]\d+\.\d+", full_row[4]))
+    against = float(re.findall(r"[+-]\d+\.\d+", hired[5])[0])
+    assert value == pytest.approx(-against, abs=1e-3) and low <= value <= high
+    with pytest.raises(SystemExit):
+        evaluation.main([*args, "--versus", "hired-0.4"])
+    assert "not a setting of this sweep: pick one of full, hired-0.2" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -5,7 +5,8 @@
 metric per task (:func:`pipeline.experiments.tasks.aggregate`) with its 95% interval, their
 average, the average's difference from full tokens with a paired interval, its share of full, and
 the visual tokens kept, with chance as the last row; ``--figures`` also draws each setting's kept
-patches on a few scenes.
+patches on a few scenes, and ``--versus SETTING`` prints each other setting's paired difference
+from that one on every task.
 
 The same engine as the jobs (:class:`pipeline.model.vlm.HiredVLM`, greedy decoding) without Ray,
 in fp32. Per setting, each image is encoded once, and every question about it (all three tasks)
@@ -180,6 +181,32 @@ def _cell(value: float, interval: tuple[float, float], signed: bool = False) -> 
     return f"{form.format(value)} [{form.format(interval[0])}, {form.format(interval[1])}]"
 
 
+def _scores(results: list[TaskResult], setting: Setting, task: str | None) -> tuple[float, list[float]]:
+    """``setting``'s headline on ``task`` (the tasks' average when None) and its value on each draw."""
+    values = [r for r in results if r.setting == setting and (task is None or r.task == task)]
+    return sum(r.headline for r in values) / len(values), [sum(d) / len(d) for d in zip(*(r.resampled for r in values))]
+
+
+def paired_difference(results: list[TaskResult], setting: Setting, reference: Setting,
+                      task: str | None = None) -> tuple[float, tuple[float, float]]:
+    """``setting`` minus ``reference`` on ``task`` (the average when None), with the 95% interval
+    of the difference over the same draws of images (paired)."""
+    mine, mine_drawn = _scores(results, setting, task)
+    theirs, theirs_drawn = _scores(results, reference, task)
+    return mine - theirs, percentile_interval([a - b for a, b in zip(mine_drawn, theirs_drawn)])
+
+
+def differences_table(results: list[TaskResult], reference: Setting) -> str:
+    """Every other setting's paired difference from ``reference`` on each task and the average."""
+    settings = [s for s in dict.fromkeys(r.setting for r in results) if s != reference]
+    header = [*MANIFESTS, "average"]
+    lines = [f"| minus {reference.label} (paired) | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
+    for setting in settings:
+        cells = [_cell(*paired_difference(results, setting, reference, task), signed=True) for task in (*MANIFESTS, None)]
+        lines.append(f"| {setting.label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def markdown_table(results: list[TaskResult], eval_dir: Path, limit: int | None = None) -> str:
     """Settings as rows; each task's headline metric with its 95% interval, their average, the
     average's paired difference from full tokens and its share of full (when full was run), and
@@ -187,23 +214,17 @@ def markdown_table(results: list[TaskResult], eval_dir: Path, limit: int | None 
     settings = list(dict.fromkeys(r.setting for r in results))
     questions = {task: load_rows(eval_dir, task, limit) for task in MANIFESTS}
     by = {(r.setting, r.task): r for r in results}
-
-    def averages(setting: Setting) -> tuple[float, list[float]]:
-        values = [by[setting, task] for task in MANIFESTS]
-        return sum(r.headline for r in values) / len(values), [sum(d) / len(d) for d in zip(*(r.resampled for r in values))]
-
     full = next((s for s in settings if s.method == "full"), None)
     header = [f"{task} ({get_task(task).metric}, {len(rows)} q)" for task, rows in questions.items()]
     header += ["average", "vs full (paired)", "share of full", "visual tokens"]
     lines = ["| setting | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
     for setting in settings:
-        mean, resampled = averages(setting)
+        mean, resampled = _scores(results, setting, None)
         cells = [_cell(by[setting, task].headline, by[setting, task].interval) for task in MANIFESTS]
         cells.append(_cell(mean, percentile_interval(resampled)))
         if full is not None and setting != full:
-            full_mean, full_resampled = averages(full)
-            difference = [a - b for a, b in zip(resampled, full_resampled)]
-            cells += [_cell(mean - full_mean, percentile_interval(difference), signed=True), f"{mean / full_mean:.1%}"]
+            cells += [_cell(*paired_difference(results, setting, full), signed=True),
+                      f"{mean / _scores(results, full, None)[0]:.1%}"]
         else:
             cells += ["", ""]
         cells.append(f"{by[setting, 'vqa'].tokens:.1f}")
@@ -251,15 +272,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--csv", type=Path, help="also write every task's metrics per setting here")
     parser.add_argument("--figures", type=Path, help="folder for kept-patch sheets of the first --scenes images")
     parser.add_argument("--scenes", type=int, default=3)
+    parser.add_argument("--versus", metavar="SETTING",
+                        help="also print every setting's paired difference from this one, by task (e.g. hired-0.2)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     settings = sweep(args.methods.split(","), args.budgets.split(","))
+    names = {s.name: s for s in settings}
+    if args.versus is not None and args.versus not in names:
+        parser.error(f"--versus {args.versus} is not a setting of this sweep: pick one of {', '.join(names)}")
     answered = args.answers is not None and all((args.answers / f"{s.name}.json").is_file() for s in settings)
     vlm = None if answered and not args.figures else load_vlm(args.model)
     start = time.perf_counter()
     results = evaluate(vlm, args.eval_dir, settings, args.limit, answers=args.answers, on_result=lambda r: print(
         f"{r.setting.name} {r.task}: {r.headline:.3f} ({time.perf_counter() - start:.0f} s)", flush=True))
     print(markdown_table(results, args.eval_dir, args.limit))
+    if args.versus is not None:
+        print(differences_table(results, names[args.versus]))
     print(f"{len(settings)} settings in {time.perf_counter() - start:.0f} s")
     if args.csv:
         from pipeline.experiments.settings import csv_text
