@@ -295,6 +295,22 @@ def test_a_fixed_share_of_stage_two_items_is_text_and_texts_repeat_when_short():
     assert [WithText(list("abc"), [], 0.25, str.upper)[i] for i in range(3)] == list("abc")  # no text slot in 3
 
 
+def test_reply_averaging_weighs_each_conversation_and_each_reply_alike():
+    from pipeline.testbed.train import answer_weights
+
+    x = -100
+    # row 0: a one-token reply and a three-token one; row 1: one two-token reply; row 2: none
+    targets = torch.tensor([[x, 7, x, x, 5, 6, 9], [x, x, 3, 4, x, x, x], [x] * 7])
+    token = answer_weights(targets, "token")
+    assert torch.allclose(token, (targets != x).float() / 6)
+    reply = answer_weights(targets, "reply")
+    expected = torch.tensor([[0, 1 / 4, 0, 0, 1 / 12, 1 / 12, 1 / 12], [0, 0, 1 / 4, 1 / 4, 0, 0, 0], [0] * 7])
+    assert torch.allclose(reply, expected) and torch.isclose(reply.sum(), torch.tensor(1.0))
+    # a reply that ends the row and one that starts the next are still two replies
+    assert torch.allclose(answer_weights(torch.tensor([[x, 1, 2], [3, x, x]]), "reply"),
+                          torch.tensor([[0, 1 / 4, 1 / 4], [1 / 2, 0, 0]]))
+
+
 def test_text_turns_are_seeded_cached_and_never_the_tested_question(shipped, tmp_path):
     from pipeline.testbed.text_turns import cached_text_turns, questions
 
@@ -400,7 +416,7 @@ def test_evaluate_command_writes_the_table_csv_and_kept_patch_sheets(tmp_path, c
 def test_training_goes_on_from_the_shipped_model(tmp_path):
     """`hired train-testbed --init-from hired/testbed-llava-next`: stage 2 trains the shipped
     adapter further (a new one would start with every LoRA B at zero), stages 0 and 1 are not run
-    (the tower and the token rows ship unchanged), and a work dir that holds a run started
+    (the tower and the token rows ship unchanged), the loss averaged by reply trains it too, and a work dir that holds a run started
     elsewhere is refused rather than taken for this run's."""
     from safetensors.torch import load_file
 
@@ -410,7 +426,7 @@ def test_training_goes_on_from_the_shipped_model(tmp_path):
     def config(**changes) -> TestbedTrainConfig:
         # two steps: the first runs at the warm-up's zero learning rate; one of the two items is text-only
         settings = dict(init_from=TESTBED_MODEL, instruct_steps=2, batch_size=1, per_task=1, text_share=0.5,
-                        save_steps=1, tracking_uri=None, threads=2, work_dir=str(tmp_path / "work"),
+                        loss_average="reply", save_steps=1, tracking_uri=None, threads=2, work_dir=str(tmp_path / "work"),
                         output=str(tmp_path / "parts"))
         return TestbedTrainConfig(**{**settings, **changes})
 

@@ -27,6 +27,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -72,6 +73,10 @@ class TestbedTrainConfig:
         per_task: questions per task (vqa, multiple_choice, pope) in one stage-2 conversation.
         text_share: share of stage 2's conversations that are text-only, answered by the base LLM
             (:mod:`.text_turns`), so the adapters keep its text answers.
+        loss_average: how stage 2 averages the answer tokens' loss (:func:`answer_weights`):
+            ``token``, every answer token of the batch alike (LLaVA's); ``reply``, every
+            conversation of the batch alike and, within one, every reply alike, so a one-letter
+            choice weighs as much as the caption beside it.
         save_steps: steps between checkpoints a rerun resumes from.
         work_dir: the stages' checkpoints.
         output: where the shipped parts are written (``from_pretrained`` loads them by name).
@@ -108,6 +113,9 @@ class TestbedTrainConfig:
     # 300 stage-2 steps without text wore the text answers away (docs/testbed.md); LLaVA keeps
     # text-only conversations in its mix for the same reason. A quarter is a first guess, not tuned.
     text_share: float = 0.25
+    # a stage-2 conversation labels ~48 tokens, of which the 3 choice letters are 6%: under
+    # "token" multiple choice stayed at chance through 600 steps (docs/testbed.md)
+    loss_average: Literal["token", "reply"] = "token"
     save_steps: int = 10
     work_dir: str = "outputs/testbed-training"
     output: str = str(WEIGHTS_DIR)
@@ -133,6 +141,8 @@ class TestbedTrainConfig:
             raise ValueError(f"warmup must be in [0, 1), got {self.warmup}")
         if min(self.cls_lr, self.align_lr, self.lr) <= 0:
             raise ValueError("learning rates must be > 0")
+        if self.loss_average not in ("token", "reply"):
+            raise ValueError(f"loss_average must be 'token' or 'reply', got {self.loss_average!r}")
         if not 0.0 <= self.text_share < 1.0:
             raise ValueError(f"text_share must be in [0, 1), got {self.text_share}")
         if self.lora_rank < 1:
@@ -182,8 +192,28 @@ class SceneHeads(nn.Module):
         return {"loss": loss}
 
 
-def _lm_trainer_class():
-    """A ``Trainer`` whose loss reads the LM head only where a label follows.
+def answer_weights(targets: torch.Tensor, average: str = "token") -> torch.Tensor:
+    """``(B, T)`` weights of the labelled positions of ``targets`` ``(B, T)`` (-100 elsewhere),
+    summing to 1 over the batch.
+
+    ``token``: each labelled token ``1 / labelled tokens``. ``reply``: a reply is a run of labelled
+    positions; each token gets ``1 / (its reply's length * the row's replies * rows with a reply)``.
+    Written here because ``Trainer``'s loss averages over tokens only.
+    """
+    labelled = targets != -100
+    if average == "token":
+        return labelled.float() / labelled.sum().clamp(min=1)
+    starts = labelled & ~nn.functional.pad(labelled[:, :-1], (1, 0), value=False)
+    reply = starts.cumsum(1) * labelled  # 1..R along a row, 0 where unlabelled
+    lengths = torch.zeros(targets.shape[0], targets.shape[1] + 1, device=targets.device).scatter_add_(1, reply, labelled.float())
+    replies = starts.sum(1, keepdim=True)
+    rows = (replies > 0).sum()
+    return labelled / (lengths.gather(1, reply).clamp(min=1) * replies.clamp(min=1) * rows.clamp(min=1))
+
+
+def _lm_trainer_class(average: str = "token"):
+    """A ``Trainer`` whose loss reads the LM head only where a label follows, weighting the answer
+    tokens by :func:`answer_weights`.
 
     The stock loss projects every position onto SmolLM2's 49k-token vocabulary; here only the
     answer tokens are labelled (a few percent of a conversation), so the head runs on the union of
@@ -198,9 +228,10 @@ def _lm_trainer_class():
             keep = (targets != -100).any(0).nonzero().squeeze(1)
             outputs = model(**inputs, logits_to_keep=keep)
             picked = targets[:, keep]
-            loss = nn.functional.cross_entropy(
-                outputs.logits.flatten(0, 1).float(), picked.flatten(), ignore_index=-100, reduction="sum"
-            ) / (picked != -100).sum().clamp(min=1)
+            losses = nn.functional.cross_entropy(
+                outputs.logits.flatten(0, 1).float(), picked.flatten(), ignore_index=-100, reduction="none"
+            )
+            loss = (losses.view_as(picked) * answer_weights(targets, average)[:, keep]).sum()
             return (loss, outputs) if return_outputs else loss
 
     return AnswerLossTrainer
@@ -358,7 +389,7 @@ def train_instruct(model, processor, config: TestbedTrainConfig, log):
     )
     items = WithText(scenes, texts, config.text_share, lambda turn: encode_conversation(processor, None, [turn]))
     _run_stage("instruct", peft_model, items, collator, config.instruct_steps, config.lr, config.batch_size,
-               config, log, _lm_trainer_class())
+               config, log, _lm_trainer_class(config.loss_average))
     if config.instruct_steps:
         peft_model.save_pretrained(final)
     return peft_model
