@@ -415,9 +415,9 @@ def test_evaluate_command_writes_the_table_csv_and_kept_patch_sheets(tmp_path, c
 @pytest.mark.slow
 def test_training_goes_on_from_the_shipped_model(tmp_path):
     """`hired train-testbed --init-from hired/testbed-llava-next`: stage 2 trains the shipped
-    adapter further (a new one would start with every LoRA B at zero), stages 0 and 1 are not run
-    (the tower and the token rows ship unchanged), the loss averaged by reply trains it too, and a work dir that holds a run started
-    elsewhere is refused rather than taken for this run's."""
+    adapter further (a new one would start with every LoRA B at zero) under the loss averaged by
+    reply, stages 0 and 1 are not run (the tower and the token rows ship unchanged), and a work
+    dir that holds a run started elsewhere is refused rather than taken for this run's."""
     from safetensors.torch import load_file
 
     from pipeline.model.loading import TESTBED_MODEL
@@ -426,8 +426,8 @@ def test_training_goes_on_from_the_shipped_model(tmp_path):
     def config(**changes) -> TestbedTrainConfig:
         # two steps: the first runs at the warm-up's zero learning rate; one of the two items is text-only
         settings = dict(init_from=TESTBED_MODEL, instruct_steps=2, batch_size=1, per_task=1, text_share=0.5,
-                        loss_average="reply", save_steps=1, tracking_uri=None, threads=2, work_dir=str(tmp_path / "work"),
-                        output=str(tmp_path / "parts"))
+                        loss_average="reply", save_steps=1, tracking_uri=None, threads=2,
+                        work_dir=str(tmp_path / "work"), output=str(tmp_path / "parts"))
         return TestbedTrainConfig(**{**settings, **changes})
 
     train(config())

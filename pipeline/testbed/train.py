@@ -205,7 +205,8 @@ def answer_weights(targets: torch.Tensor, average: str = "token") -> torch.Tenso
         return labelled.float() / labelled.sum().clamp(min=1)
     starts = labelled & ~nn.functional.pad(labelled[:, :-1], (1, 0), value=False)
     reply = starts.cumsum(1) * labelled  # 1..R along a row, 0 where unlabelled
-    lengths = torch.zeros(targets.shape[0], targets.shape[1] + 1, device=targets.device).scatter_add_(1, reply, labelled.float())
+    lengths = torch.zeros(targets.shape[0], targets.shape[1] + 1, device=targets.device)
+    lengths.scatter_add_(1, reply, labelled.float())  # tokens per reply, by reply number
     replies = starts.sum(1, keepdim=True)
     rows = (replies > 0).sum()
     return labelled / (lengths.gather(1, reply).clamp(min=1) * replies.clamp(min=1) * rows.clamp(min=1))
