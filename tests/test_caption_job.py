@@ -195,16 +195,16 @@ def test_resume_skips_rows_already_written(tmp_path, ray_local):
 
 
 def test_killed_job_resumes_each_row_once(tmp_path):
-    """A real interruption: a first run writes 20 rows, a second is killed as soon as its first
-    file lands (whatever it had finished but not yet written is lost), and a third resumes: every
-    row exactly once. The second run must not be done by then: its files land while it runs, so
-    an interruption redoes only the rows not yet written."""
+    """A real interruption: a run is killed as soon as its first file lands (whatever it had
+    finished but not yet written is lost), and a second resumes: every row exactly once. The
+    first run must not be done by then: its files land while it runs, so an interruption redoes
+    only the rows not yet written."""
     folder = tmp_path / "images"
     folder.mkdir()
-    rows, per_manifest = 60, 10
+    rows, per_manifest = 40, 10
     for i in range(rows):
         random_image(300 + 5 * i, 500, seed=i).save(folder / f"img_{i:02d}.png")
-    # six manifests, one read unit each, so rows reach the LLM unit by unit (a folder of 60
+    # four manifests, one read unit each, so rows reach the LLM unit by unit (a folder of 40
     # images is one unit: its rows would travel through the stages as one block)
     for part in range(rows // per_manifest):
         lines = [json.dumps({"image": f"images/img_{i:02d}.png"}) for i in range(part * per_manifest, (part + 1) * per_manifest)]
@@ -216,19 +216,17 @@ def test_killed_job_resumes_each_row_once(tmp_path):
         "--decode-batch-size", "2", "--min-rows-per-file", "4", "--no-tracking",
     ]
     env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": str(REPO)}
-    first = subprocess.run(command + ["--limit", "20"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert first.returncode == 0, first.stderr[-2000:]
     process = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    before, deadline = set(out.glob("*.parquet")), time.time() + 240
-    while time.time() < deadline and set(out.glob("*.parquet")) == before and process.poll() is None:
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(out.glob("*.parquet")) and process.poll() is None:
         time.sleep(0.05)
     assert process.poll() is None, "the job ended before it could be interrupted"
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     time.sleep(3)  # a write already past the lease check when the driver died may still land
     partial = read_output(str(out))
-    assert 20 <= len(partial) < rows, "the job must be interrupted part-way for this test to mean anything"
+    assert 0 < len(partial) < rows, "the job must be interrupted part-way for this test to mean anything"
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     ids = [r["id"] for r in read_output(str(out))]
