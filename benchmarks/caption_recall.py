@@ -2,15 +2,16 @@
 fixed prompt, HiRED against ``hired-cdpp`` at the same budgets, scored by object recall.
 
     python benchmarks/caption_recall.py [--scenes 60] [--methods hired,hired-cdpp] [--budgets 0.1,0.2]
-        [--threads 2] [--model hired/testbed-llava-next]
+        [--threads 2] [--model hired/testbed-llava-next] [--split heldout]
 
 Captions the dense held-out scenes of the testbed (the images of ``outputs/eval/dense``,
-regenerated from their seeds, so each scene's object list is known) with the caption job's
-defaults: its prompt ("Describe the image in one sentence.") and generation options. Object
-recall of one caption is the share of the scene's objects it names by label ("red circle",
-"character 7"; :func:`pipeline.testbed.questions.named_objects`). Each setting reports the mean
-over scenes with a 95% bootstrap interval over scenes, and its paired difference from the first
-method at the same budget.
+regenerated from their seeds, so each scene's object list is known), or with ``--split check``
+the check set's (``pipeline.testbed.make_eval_set``), to judge a training run on, with the
+caption job's defaults: its prompt ("Describe the image in one sentence.") and generation
+options. Object recall of one caption is the share of the scene's objects it names by label
+("red circle", "character 7"; :func:`pipeline.testbed.questions.named_objects`). Each setting
+reports the mean over scenes with a 95% bootstrap interval over scenes, and its paired
+difference from the first method at the same budget.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from pipeline.experiments.intervals import draw_groups, percentile_interval
 from pipeline.experiments.settings import sweep
 from pipeline.model.generation import DEFAULT_PROMPT, GenerateOptions
 from pipeline.model.vlm import HiredVLM
-from pipeline.testbed.make_eval_set import EVAL_SEED
+from pipeline.testbed.make_eval_set import EVAL_SEED, SPLITS, eval_scene
 from pipeline.testbed.questions import named_objects
-from pipeline.testbed.scenes import make_scene, render
+from pipeline.testbed.scenes import render
 
 
 def recalls(vlm: HiredVLM, scenes, drop: DropConfig, batch: int) -> list[float]:
@@ -49,13 +50,14 @@ def main() -> None:
     parser.add_argument("--budgets", default="0.1,0.2")
     parser.add_argument("--batch", type=int, default=8, help="images per call (the job's LLM batch)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--split", choices=SPLITS, default="heldout")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     vlm = HiredVLM.from_pretrained(args.model)
-    scenes = [make_scene("heldout", EVAL_SEED, index, "dense") for index in range(args.scenes)]
+    scenes = [eval_scene(index, EVAL_SEED, "dense", args.split) for index in range(args.scenes)]
     methods = args.methods.split(",")
     draws = draw_groups(range(len(scenes)))
-    print(f"{platform.processor() or platform.machine()}, {args.threads} threads; {len(scenes)} dense held-out scenes")
+    print(f"{platform.processor() or platform.machine()}, {args.threads} threads; {len(scenes)} dense {args.split} scenes")
     print("| setting | object recall | 95% interval | minus " + methods[0] + " | paired 95% interval | s |")
     print("|---|---|---|---|---|---|")
     for budget in args.budgets.split(","):

@@ -28,8 +28,8 @@ from PIL import Image
 
 from pipeline.model.loading import load_model
 from pipeline.testbed import questions as q
-from pipeline.testbed.scenes import make_scene, render
-from pipeline.testbed.training_data import UNSEEN_TRAIN_INDEX, collate, encode_conversation
+from pipeline.testbed.scenes import UNSEEN_TRAIN_INDEX, make_scene, render
+from pipeline.testbed.training_data import collate, encode_conversation
 
 
 def answer_loss(model, processor, item: dict[str, torch.Tensor]) -> tuple[float, int]:

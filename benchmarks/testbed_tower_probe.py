@@ -25,9 +25,9 @@ from safetensors.torch import load_file
 
 from hired_ops import VisionGeometry, vision_tower
 from pipeline.testbed.architecture import TowerSize, build_model
-from pipeline.testbed.scenes import make_scene, render
+from pipeline.testbed.scenes import UNSEEN_TRAIN_INDEX, make_scene, render
 from pipeline.testbed.train import SceneHeads
-from pipeline.testbed.training_data import CLS_LABELS, PATCH_CLASSES, UNSEEN_TRAIN_INDEX, patch_targets, tile_targets
+from pipeline.testbed.training_data import CLS_LABELS, PATCH_CLASSES, patch_targets, tile_targets
 
 
 def kind_of(name: str) -> str:

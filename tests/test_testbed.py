@@ -7,6 +7,7 @@ import hashlib
 import json
 import random
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,8 @@ from PIL import Image
 from pipeline.experiments.settings import Setting
 from pipeline.model.generation import GenerateOptions
 from pipeline.testbed import questions as q
-from pipeline.testbed.make_eval_set import DEFAULT_OUT, build_rows
-from pipeline.testbed.scenes import COLORS, DENSITIES, GLYPHS, SHAPES, make_scene, render
+from pipeline.testbed.make_eval_set import DEFAULT_OUT, build_rows, eval_scene
+from pipeline.testbed.scenes import COLORS, DENSITIES, GLYPHS, SHAPES, UNSEEN_TRAIN_INDEX, make_scene, render
 from pipeline.testbed.train import WEIGHTS_DIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,6 +82,19 @@ def test_train_and_heldout_splits_are_disjoint():
     content = lambda s: (s.size, s.shapes, s.glyph)
     assert not {content(s) for s in train} & {content(s) for s in heldout}
     assert not {_digest(render(s)) for s in list(train)[:50]} & {_digest(render(s)) for s in list(heldout)[:50]}
+
+
+def test_the_check_set_is_unseen_training_scenes_with_questions_of_its_own():
+    """``--split check`` judges training without the held-out split: its scenes are the training
+    split's past any run's reach, its images are named apart, and the held-out rows are unchanged."""
+    check = build_rows(3, density="dense", per_scene=5, split="check")
+    heldout = build_rows(3, density="dense", per_scene=5)
+    assert eval_scene(2, density="dense", split="check") == make_scene("train", 0, UNSEEN_TRAIN_INDEX + 2, "dense")
+    assert {row["image"] for row in check["vqa"]} == {f"images/dense-check-{i:03d}.png" for i in range(3)}
+    assert [r["question"] for r in check["mcq"]] != [r["question"] for r in heldout["mcq"]]
+    assert heldout["vqa"][0]["image"] == "images/dense-heldout-000.png"
+    with pytest.raises(ValueError, match="split 'train'"):
+        eval_scene(0, split="train")
 
 
 def test_scene_sizes_exercise_every_anyres_grid():
@@ -375,7 +389,8 @@ def test_training_is_reproducible_resumes_and_ships_loadable_parts(tmp_path, mon
 def test_evaluate_command_writes_the_table_csv_and_kept_patch_sheets(tmp_path, capsys):
     """The command docs/benchmarks.md runs, on a few rows: one table row per setting plus chance,
     one CSV row per setting and task, one sheet per scene with a panel per setting; run again
-    on its kept answers, it scores them without asking the model anything."""
+    on its kept answers, it scores them without asking the model anything, and beside another
+    checkpoint's kept answers it prints each setting's paired difference from its own there."""
     import csv
 
     import pipeline.testbed.evaluate as evaluation
@@ -410,6 +425,21 @@ def test_evaluate_command_writes_the_table_csv_and_kept_patch_sheets(tmp_path, c
     with pytest.raises(SystemExit):
         evaluation.main([*args, "--versus", "hired-0.4"])
     assert "not a setting of this sweep: pick one of full, hired-0.2" in capsys.readouterr().err
+    # against another checkpoint's kept answers: HiRED's are the same replies, full's VQA are all wrong
+    baseline = tmp_path / "baseline"
+    shutil.copytree(tmp_path / "answers", baseline)
+    kept = json.loads((baseline / "full.json").read_text())
+    kept["replies"]["vqa"] = ["no reply"] * len(kept["replies"]["vqa"])
+    (baseline / "full.json").write_text(json.dumps(kept))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(evaluation, "load_vlm", None)
+        assert evaluation.main([*args, "--baseline-answers", str(baseline)]) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    header, full_row, hired_row = (line.split(" | ") for line in printed[-3:])
+    assert header[0] == "| minus the baseline's same setting (paired)" and full_row[0] == "| Full"
+    assert hired_row[1:] == ["+0.000 [+0.000, +0.000]"] * 3 + ["+0.000 [+0.000, +0.000] |"]
+    full_vqa = float(table[1].split(" | ")[1].split()[0])
+    assert full_vqa > 0 and full_row[1].startswith(f"+{full_vqa:.3f} ") and full_row[2].startswith("+0.000 ")
 
 
 @pytest.mark.slow

@@ -6,7 +6,9 @@ metric per task (:func:`pipeline.experiments.tasks.aggregate`) with its 95% inte
 average, the average's difference from full tokens with a paired interval, its share of full, and
 the visual tokens kept, with chance as the last row; ``--figures`` also draws each setting's kept
 patches on a few scenes, and ``--versus SETTING`` prints each other setting's paired difference
-from that one on every task.
+from that one on every task; ``--baseline-answers DIR`` (another checkpoint's ``--answers`` on
+the same set) prints each setting's paired difference from that checkpoint's, to judge a training
+run against the model before it.
 
 The same engine as the jobs (:class:`pipeline.model.vlm.HiredVLM`, greedy decoding) without Ray,
 in fp32. Per setting, each image is encoded once, and every question about it (all three tasks)
@@ -188,21 +190,30 @@ def _scores(results: list[TaskResult], setting: Setting, task: str | None) -> tu
 
 
 def paired_difference(results: list[TaskResult], setting: Setting, reference: Setting,
-                      task: str | None = None) -> tuple[float, tuple[float, float]]:
+                      task: str | None = None, reference_results: list[TaskResult] | None = None
+                      ) -> tuple[float, tuple[float, float]]:
     """``setting`` minus ``reference`` on ``task`` (the average when None), with the 95% interval
-    of the difference over the same draws of images (paired)."""
+    of the difference over the same draws of images (paired). ``reference`` is looked up in
+    ``reference_results`` when given: another checkpoint's results on the same questions."""
     mine, mine_drawn = _scores(results, setting, task)
-    theirs, theirs_drawn = _scores(results, reference, task)
+    theirs, theirs_drawn = _scores(results if reference_results is None else reference_results, reference, task)
     return mine - theirs, percentile_interval([a - b for a, b in zip(mine_drawn, theirs_drawn)])
 
 
-def differences_table(results: list[TaskResult], reference: Setting) -> str:
-    """Every other setting's paired difference from ``reference`` on each task and the average."""
-    settings = [s for s in dict.fromkeys(r.setting for r in results) if s != reference]
+def differences_table(results: list[TaskResult], reference: Setting | None = None,
+                      baseline: list[TaskResult] | None = None) -> str:
+    """On each task and the average, every other setting's paired difference from ``reference``,
+    or, given ``baseline`` (another checkpoint's results), every setting's from itself there."""
+    settings = list(dict.fromkeys(r.setting for r in results))
+    if baseline is None:
+        settings = [s for s in settings if s != reference]
     header = [*MANIFESTS, "average"]
-    lines = [f"| minus {reference.label} (paired) | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
+    title = "minus the baseline's same setting" if baseline is not None else f"minus {reference.label}"
+    lines = [f"| {title} (paired) | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
     for setting in settings:
-        cells = [_cell(*paired_difference(results, setting, reference, task), signed=True) for task in (*MANIFESTS, None)]
+        against = setting if baseline is not None else reference
+        cells = [_cell(*paired_difference(results, setting, against, task, baseline), signed=True)
+                 for task in (*MANIFESTS, None)]
         lines.append(f"| {setting.label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -274,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenes", type=int, default=3)
     parser.add_argument("--versus", metavar="SETTING",
                         help="also print every setting's paired difference from this one, by task (e.g. hired-0.2)")
+    parser.add_argument("--baseline-answers", type=Path, metavar="DIR",
+                        help="another checkpoint's --answers folder on the same set: also print every setting's "
+                             "paired difference from its own replies there, by task")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     settings = sweep(args.methods.split(","), args.budgets.split(","))
@@ -288,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown_table(results, args.eval_dir, args.limit))
     if args.versus is not None:
         print(differences_table(results, names[args.versus]))
+    if args.baseline_answers is not None:
+        print(differences_table(results, baseline=evaluate(None, args.eval_dir, settings, args.limit,
+                                                           answers=args.baseline_answers)))
     print(f"{len(settings)} settings in {time.perf_counter() - start:.0f} s")
     if args.csv:
         from pipeline.experiments.settings import csv_text

@@ -1,16 +1,21 @@
-"""Write the held-out evaluation set: scenes as PNG files and vqa, mcq and pope jsonl manifests.
+"""Write an evaluation set: scenes as PNG files and vqa, mcq and pope jsonl manifests.
 
 ``python -m pipeline.testbed.make_eval_set [--out samples/eval] [--scenes 48] [--questions 3]
-[--density standard]``
+[--density standard] [--split heldout]``
 
-Scenes come from the "heldout" split only (never used for training or tuning). Each scene is
-asked ``--questions`` questions per task. The bundled set (``samples/eval``) is 48 standard
-scenes x 3, 144 questions per task, small enough to ship; the set that ranks methods is
+Scenes come from the "heldout" split (never used for training or tuning), or with ``--split
+check`` from the check set: training-split scenes from ``UNSEEN_TRAIN_INDEX`` on, which no
+training run reaches, to judge a training run against without reading the held-out split
+(``--split check --density dense --scenes 40 --questions 5 --out outputs/eval/check``, 200
+questions per task, is the one ``docs/testbed.md`` judges parts of the shipped model on). Each
+scene is asked ``--questions`` questions per task. The bundled set (``samples/eval``) is 48
+standard scenes x 3, 144 questions per task, small enough to ship; the set that ranks methods is
 generated: ``--density dense --scenes 100 --questions 5 --out outputs/eval/dense`` gives 500
-questions per task about dense scenes (``docs/testbed.md``). Question kinds rotate over the scenes so each kind is about equally
-frequent; POPE questions alternate yes/no and the "no" ones rotate over the random, popular and
-adversarial negatives. The kind is part of each row's id (``vqa-glyph-007``, ``pope-popular-012``).
-The columns are described in ``samples/eval/README.md``.
+questions per task about dense scenes (``docs/testbed.md``). Question kinds rotate over the
+scenes so each kind is about equally frequent; POPE questions alternate yes/no and the "no" ones
+rotate over the random, popular and adversarial negatives. The kind is part of each row's id
+(``vqa-glyph-007``, ``pope-popular-012``). The columns are described in
+``samples/eval/README.md``.
 """
 
 from __future__ import annotations
@@ -21,12 +26,13 @@ import random
 from pathlib import Path
 
 from . import questions as q
-from .scenes import DENSITIES, make_scene, render
+from .scenes import DENSITIES, UNSEEN_TRAIN_INDEX, Scene, make_scene, render
 
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / "samples" / "eval"
 EVAL_SEED = 0
 QUESTIONS_PER_SCENE = 3
 VQA_ANSWERS = 10  # VQA-style rows carry ten human answers; here all agree
+SPLITS = ("heldout", "check")
 
 
 def _asked(make, scene, rng: random.Random, first: int, seen: set[str]):
@@ -44,23 +50,34 @@ def _asked(make, scene, rng: random.Random, first: int, seen: set[str]):
     raise ValueError(f"scene {scene.key} supports too few distinct questions")
 
 
-def image_name(index: int, density: str = "standard") -> str:
-    """The manifest's path of held-out scene ``index``: ``images/heldout-007.png``, or
-    ``images/dense-heldout-007.png``."""
-    return f"images/{'' if density == 'standard' else density + '-'}heldout-{index:03d}.png"
+def eval_scene(index: int, seed: int = EVAL_SEED, density: str = "standard", split: str = "heldout") -> Scene:
+    """Scene ``index`` of an evaluation set of ``split`` (:data:`SPLITS`): the held-out split's, or
+    the check set's, the training split's from ``UNSEEN_TRAIN_INDEX`` on."""
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r}: use one of {SPLITS}")
+    if split == "check":
+        return make_scene("train", seed, UNSEEN_TRAIN_INDEX + index, density)
+    return make_scene("heldout", seed, index, density)
+
+
+def image_name(index: int, density: str = "standard", split: str = "heldout") -> str:
+    """The manifest's path of scene ``index``: ``images/heldout-007.png``,
+    ``images/dense-heldout-007.png`` or ``images/dense-check-007.png``."""
+    return f"images/{'' if density == 'standard' else density + '-'}{split}-{index:03d}.png"
 
 
 def build_rows(scenes: int, seed: int = EVAL_SEED, density: str = "standard",
-               per_scene: int = QUESTIONS_PER_SCENE) -> dict[str, list[dict]]:
-    """``{"vqa": rows, "mcq": rows, "pope": rows}`` over ``scenes`` held-out scenes of
+               per_scene: int = QUESTIONS_PER_SCENE, split: str = "heldout") -> dict[str, list[dict]]:
+    """``{"vqa": rows, "mcq": rows, "pope": rows}`` over ``scenes`` scenes of ``split`` at
     ``density``, ``per_scene`` questions each per task; each row's ``image`` is :func:`image_name`."""
     rows: dict[str, list[dict]] = {"vqa": [], "mcq": [], "pope": []}
     kinds = len(q.VQA_KINDS)
-    prefix = "" if density == "standard" else f"{density}:"
+    # the held-out sets keep the question streams they always had
+    prefix = ("" if density == "standard" else f"{density}:") + ("" if split == "heldout" else f"{split}:")
     for index in range(scenes):
-        scene = make_scene("heldout", seed, index, density)
+        scene = eval_scene(index, seed, density, split)
         rng = random.Random(f"{prefix}eval:{seed}:{index}")
-        image = image_name(index, density)
+        image = image_name(index, density, split)
         seen_open: set[str] = set()
         seen_choice: set[str] = set()
         seen_pope: set[str] = set()
@@ -108,14 +125,14 @@ def build_rows(scenes: int, seed: int = EVAL_SEED, density: str = "standard",
 
 
 def write_eval_set(out: Path, scenes: int, seed: int = EVAL_SEED, density: str = "standard",
-                   per_scene: int = QUESTIONS_PER_SCENE) -> dict[str, Path]:
+                   per_scene: int = QUESTIONS_PER_SCENE, split: str = "heldout") -> dict[str, Path]:
     """Write images and manifests under ``out``; returns the manifest paths by file stem."""
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     for index in range(scenes):
-        render(make_scene("heldout", seed, index, density)).save(out / image_name(index, density), optimize=True)
+        render(eval_scene(index, seed, density, split)).save(out / image_name(index, density, split), optimize=True)
     paths = {}
-    for name, rows in build_rows(scenes, seed, density, per_scene).items():
+    for name, rows in build_rows(scenes, seed, density, per_scene, split).items():
         paths[name] = out / f"{name}.jsonl"
         paths[name].write_text("".join(json.dumps(row) + "\n" for row in rows))
     return paths
@@ -128,8 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=EVAL_SEED)
     parser.add_argument("--questions", type=int, default=QUESTIONS_PER_SCENE, help="questions per scene and task")
     parser.add_argument("--density", choices=tuple(DENSITIES), default="standard")
+    parser.add_argument("--split", choices=SPLITS, default="heldout",
+                        help="heldout, or check: unseen training-split scenes to judge training against")
     args = parser.parse_args(argv)
-    for name, path in write_eval_set(args.out, args.scenes, args.seed, args.density, args.questions).items():
+    for name, path in write_eval_set(args.out, args.scenes, args.seed, args.density, args.questions, args.split).items():
         print(f"{name}: {path}")
     return 0
 
