@@ -28,8 +28,8 @@ PINPOINTS = [[64, 128], [128, 64], [128, 128], [192, 64], [64, 192]]
 # 5 images). Figures are the share of its questions answered right, recorded on the shipped
 # parts (CPU, fp32); chance on the sample is 0.34 (uniform guesses over each kind's answers).
 SAMPLE = 14
-RECORDED_FULL = 30 / 42
-RECORDED_HIRED = 30 / 42
+RECORDED_FULL = 31 / 42
+RECORDED_HIRED = 31 / 42
 FULL_FLOOR = RECORDED_FULL - 1 / 42  # a regression guard: one question under the recorded figure
 HIRED_MARGIN = 0.05  # two questions of 42
 
