@@ -440,6 +440,10 @@ def test_evaluate_command_writes_the_table_csv_and_kept_patch_sheets(tmp_path, c
     assert hired_row[1:] == ["+0.000 [+0.000, +0.000]"] * 3 + ["+0.000 [+0.000, +0.000] |"]
     full_vqa = float(table[1].split(" | ")[1].split()[0])
     assert full_vqa > 0 and full_row[1].startswith(f"+{full_vqa:.3f} ") and full_row[2].startswith("+0.000 ")
+    (baseline / "hired-0.2.json").unlink()
+    with pytest.raises(SystemExit):
+        evaluation.main([*args, "--baseline-answers", str(baseline)])
+    assert "keeps no replies for hired-0.2: run this command with --answers there" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -145,6 +145,11 @@ def load_vlm(model: str | Path) -> HiredVLM:
     return HiredVLM.from_pretrained(str(model), device="cpu", dtype="float32")
 
 
+def missing_answers(folder: Path, settings: Sequence[Setting]) -> list[str]:
+    """The names of the ``settings`` whose replies are not kept in ``folder`` (an ``--answers``)."""
+    return [s.name for s in settings if not (Path(folder) / f"{s.name}.json").is_file()]
+
+
 def evaluate(vlm: HiredVLM | None, eval_dir: Path, settings: Sequence[Setting], limit: int | None = None,
              on_result=None, resamples: int = RESAMPLES, answers: Path | None = None) -> list[TaskResult]:
     """Every task of ``eval_dir`` under every setting; ``on_result`` sees each as it finishes.
@@ -294,7 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     names = {s.name: s for s in settings}
     if args.versus is not None and args.versus not in names:
         parser.error(f"--versus {args.versus} is not a setting of this sweep: pick one of {', '.join(names)}")
-    answered = args.answers is not None and all((args.answers / f"{s.name}.json").is_file() for s in settings)
+    if args.baseline_answers is not None and (missing := missing_answers(args.baseline_answers, settings)):
+        parser.error(f"--baseline-answers {args.baseline_answers} keeps no replies for {', '.join(missing)}: "
+                     "run this command with --answers there on the baseline checkpoint first")
+    answered = args.answers is not None and not missing_answers(args.answers, settings)
     vlm = None if answered and not args.figures else load_vlm(args.model)
     start = time.perf_counter()
     results = evaluate(vlm, args.eval_dir, settings, args.limit, answers=args.answers, on_result=lambda r: print(
